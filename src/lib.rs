@@ -2,4 +2,6 @@
 //! registry. The builder (`context`, `layer`, `image`, `layout`) knows nothing of Kubernetes; the
 //! `registry` module moves bytes; the `controller` writes what happened to the ImageBuild status.
 
+pub mod api;
+pub mod crd;
 pub mod oci;

@@ -1,1 +1,6 @@
-fn main() {}
+fn main() {
+    match imagebuild::crd::yaml() {
+        Ok(y) => print!("{y}"),
+        Err(e) => eprintln!("{e}"),
+    }
+}
