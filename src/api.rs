@@ -2,6 +2,9 @@
 //! controller reports. Doc comments here become `kubectl explain` text; the CEL rules make the API
 //! server refuse bad specs before the controller ever sees them.
 
+// kube's printcolumn(...) arguments repeat `type_ = "string"` on purpose.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -31,7 +34,11 @@ pub const FINALIZER: &str = "imagebuild.dev/delete-tags";
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
     printcolumn(name = "Digest", type_ = "string", json_path = ".status.shortDigest"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ImageBuildSpec {
@@ -227,6 +234,7 @@ pub struct RegistrySettings {
     /// `kubernetes.io/dockerconfigjson` or `kubernetes.io/basic-auth`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("credentialsSecret must be the name of a Secret in this namespace (no namespace prefix)"))]
     pub credentials_secret: Option<String>,
     /// Secret key in this namespace holding the PEM certificate(s) to trust for the registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -327,6 +335,10 @@ pub struct ImageBuildStatus {
     /// Builds attempted for the current inputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
+    /// When a build that failed for a passing reason (registry unavailable, timeout) is tried
+    /// again. Absent after a failure that needs a change to the inputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retry_time: Option<Time>,
     /// True when TLS verification was skipped for the registry (`registry.insecure`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure: bool,
