@@ -216,7 +216,7 @@ start_controller_manager() {
 		--tls-cert-file="$pki/controller-manager-serving.crt" \
 		--tls-private-key-file="$pki/controller-manager-serving.key" \
 		--leader-elect=false \
-		--use-service-account-credentials=false \
+		--use-service-account-credentials=true \
 		--service-account-private-key-file="$pki/sa.key" \
 		--root-ca-file="$pki/ca.crt" \
 		--controllers=serviceaccount-controller,clusterrole-aggregation-controller,serviceaccount-token-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,replicaset-controller,deployment-controller,job-controller,cronjob-controller,ttl-after-finished-controller \
