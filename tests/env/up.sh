@@ -347,6 +347,8 @@ EOF
 # Bootstrap once: schema, admin user whose password contains ':' and '@'
 # (like idpbuilder's random ones), and an access token with every scope.
 bootstrap_gitea() {
+	# A removed database means a new bootstrap (user and token included).
+	[[ -f "$gitea_dir/data/gitea.db" ]] || rm -f "$gitea_dir/bootstrapped"
 	[[ -f "$gitea_dir/bootstrapped" ]] && return 0
 	log "bootstrapping Gitea"
 	[[ -f "$gitea_dir/password" ]] || {
