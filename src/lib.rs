@@ -2,4 +2,8 @@
 //! registry. The builder (`context`, `layer`, `image`, `layout`) knows nothing of Kubernetes; the
 //! `registry` module moves bytes; the `controller` writes what happened to the ImageBuild status.
 
+pub mod context;
+pub mod image;
+pub mod layer;
+pub mod layout;
 pub mod oci;
