@@ -318,3 +318,6 @@ fn normalised_port(port: &str) -> Result<String, ImageError> {
         Err(ImageError::Port(port.to_owned()))
     }
 }
+
+#[cfg(test)]
+mod tests;

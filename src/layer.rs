@@ -9,6 +9,8 @@
 
 mod blocks;
 mod tar_header;
+#[cfg(test)]
+mod tests;
 
 use std::fs::{self, File};
 use std::io::Seek;

@@ -352,3 +352,6 @@ fn persist(temp: tempfile::NamedTempFile, path: &Path) -> Result<(), LayoutError
     })?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -52,7 +52,9 @@ fn vocabulary(rng: &mut fastrand::Rng) -> Vec<String> {
     let mut words: Vec<String> = KEYWORDS.iter().map(|k| (*k).to_owned()).collect();
     for _ in 0..3000 {
         let n = rng.usize(1..4);
-        let parts: Vec<&str> = (0..n).map(|_| SYLLABLES[rng.usize(..SYLLABLES.len())]).collect();
+        let parts: Vec<&str> = (0..n)
+            .map(|_| SYLLABLES[rng.usize(..SYLLABLES.len())])
+            .collect();
         words.push(parts.join("_"));
     }
     words

@@ -11,6 +11,8 @@ mod dir;
 mod dockerignore;
 mod fingerprint;
 mod items;
+#[cfg(test)]
+mod tests;
 mod tree;
 
 use std::path::{Path, PathBuf};
