@@ -3,3 +3,5 @@
 //! `registry` module moves bytes; the `controller` writes what happened to the ImageBuild status.
 
 pub mod oci;
+pub mod reference;
+pub mod registry;
