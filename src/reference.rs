@@ -382,7 +382,9 @@ mod tests {
 
     #[test]
     fn references_split_into_registry_repository_tag_and_digest() {
-        let table: &[(&str, &str, &str, Option<&str>, Option<&str>)] = &[
+        // input, registry, repository, tag, digest
+        type Row<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, Option<&'a str>);
+        let table: &[Row] = &[
             (
                 "gitea.cnoe.localtest.me:8443/giteaadmin/hello:v1",
                 "gitea.cnoe.localtest.me:8443",

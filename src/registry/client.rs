@@ -537,6 +537,7 @@ impl RegistryClient {
         timeout: Option<Duration>,
     ) -> RegistryError {
         let host = self.inner.host.clone();
+        tracing::trace!(?error, "transport error");
         if let Some(tls) = find_rustls_error(&error) {
             let server_name = self.inner.endpoint.host_str().unwrap_or_default();
             return self.inner.trust.classify(&host, server_name, tls);

@@ -16,6 +16,8 @@ mod retry;
 mod tls;
 
 #[cfg(test)]
+mod tests;
+#[cfg(test)]
 mod testserver;
 
 use std::sync::Arc;

@@ -144,6 +144,18 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     recorded: Arc<Mutex<Vec<Recorded>>>,
 ) {
     let mut stream = BufReader::new(stream);
+    // A TLS ClientHello on a plain port gets the answer a plain HTTP server would give.
+    if stream
+        .fill_buf()
+        .await
+        .is_ok_and(|b| b.first() == Some(&0x16))
+    {
+        let _ = stream
+            .get_mut()
+            .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+            .await;
+        return;
+    }
     while let Some(request) = read_request(&mut stream).await {
         let reply = handler(&request);
         let head_only = request.method == "HEAD";

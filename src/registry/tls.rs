@@ -473,13 +473,14 @@ pub(crate) fn find_rustls_error<'a>(
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(tls);
         }
-        // io::Error::source() skips the wrapped error itself, so look inside explicitly.
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && let Some(tls) = io
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        // io::Error::source() skips the wrapped error itself (and io errors nest), so step
+        // into the wrapped error explicitly.
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
         {
-            return Some(tls);
+            current = Some(inner as &(dyn std::error::Error + 'static));
+            continue;
         }
         current = e.source();
     }
@@ -500,12 +501,23 @@ pub(crate) mod tests {
 
     /// idpbuilder's shape: ECDSA P-256, self-signed, CA:true, DNS SANs only.
     pub(crate) fn idpbuilder_cert(not_before: (i32, u8, u8), not_after: (i32, u8, u8)) -> TestCert {
+        self_signed_ca_cert(
+            &["cnoe.localtest.me", "*.cnoe.localtest.me"],
+            not_before,
+            not_after,
+        )
+    }
+
+    /// A self-signed CA:true ECDSA P-256 certificate for `names`, used as a server certificate.
+    pub(crate) fn self_signed_ca_cert(
+        names: &[&str],
+        not_before: (i32, u8, u8),
+        not_after: (i32, u8, u8),
+    ) -> TestCert {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-        let mut params = CertificateParams::new(vec![
-            "cnoe.localtest.me".to_owned(),
-            "*.cnoe.localtest.me".to_owned(),
-        ])
-        .expect("params");
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
         params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
