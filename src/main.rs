@@ -1,1 +1,171 @@
-fn main() {}
+//! The `imagebuild` command: the controller, and the build / push / list / tag workflow for use
+//! outside the cluster. Each subcommand is a thin call into the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use imagebuild::cli::{self, RegistryFlags};
+use imagebuild::controller;
+
+#[derive(Parser)]
+#[command(
+    name = "imagebuild",
+    version,
+    about = "Files in, OCI image in the registry out."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the ImageBuild controller (in-cluster config or KUBECONFIG).
+    Controller(ControllerArgs),
+    /// Build the ImageBuild in FILE with the controller's builder; write an OCI layout or push.
+    Build(BuildArgs),
+    /// Push an OCI image layout to a registry.
+    Push {
+        /// OCI image layout directory (optionally LAYOUT:TAG to pick one of several tags).
+        layout: String,
+        /// Destination, e.g. gitea.cnoe.localtest.me:8443/giteaadmin/hello:latest
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryFlags,
+    },
+    /// List the tags of a repository.
+    List {
+        /// Repository, e.g. gitea.cnoe.localtest.me:8443/giteaadmin/hello
+        repository: String,
+        #[command(flatten)]
+        registry: RegistryFlags,
+    },
+    /// Add a tag to an image already in the registry, without uploading anything.
+    Tag {
+        /// Existing image, e.g. host/owner/app:latest or host/owner/app@sha256:...
+        reference: String,
+        /// The new tag.
+        new_tag: String,
+        #[command(flatten)]
+        registry: RegistryFlags,
+    },
+    /// Print the ImageBuild CustomResourceDefinition YAML.
+    Crd,
+}
+
+#[derive(Args)]
+struct ControllerArgs {
+    /// Configuration file with registry profiles (the Helm chart renders it).
+    #[arg(long, env = "IMAGEBUILD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Only the replica holding the Lease builds.
+    #[arg(long)]
+    leader_elect: bool,
+    #[arg(long, default_value = "imagebuild-controller")]
+    lease_name: String,
+    /// Namespace of the Lease (default: the Pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Name of this replica in the Lease and in events (default: the Pod name or host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Builds running at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: u16,
+    /// Scratch directory for layers being built.
+    #[arg(long, env = "IMAGEBUILD_WORK_DIR", default_value_os_t = std::env::temp_dir())]
+    work_dir: PathBuf,
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// File with the ImageBuild (and, optionally, its ConfigMaps as further YAML documents).
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    /// Directory to use as the build context instead of the ConfigMaps in FILE.
+    #[arg(long)]
+    context: Option<PathBuf>,
+    /// Write an OCI image layout here.
+    #[arg(long, required_unless_present = "push")]
+    output: Option<PathBuf>,
+    /// Push to spec.image with spec.tags.
+    #[arg(long)]
+    push: bool,
+    #[command(flatten)]
+    registry: RegistryFlags,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = if matches!(cli.command, Command::Controller(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    imagebuild::telemetry::init(level);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("imagebuild: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("imagebuild: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), cli::Failure> {
+    match command {
+        Command::Controller(args) => {
+            let identity = args.identity.unwrap_or_else(cli::host_name);
+            let options = controller::Options {
+                config: args.config,
+                listen: args.listen,
+                leader_elect: args.leader_elect,
+                lease_name: args.lease_name,
+                lease_namespace: args.lease_namespace,
+                identity,
+                concurrency: args.concurrency,
+                work_dir: args.work_dir,
+            };
+            controller::run(options)
+                .await
+                .map_err(cli::Failure::from_start)
+        }
+        Command::Build(args) => {
+            let request = cli::BuildRequest {
+                file: args.file,
+                context: args.context,
+                output: args.output,
+                push: args.push,
+            };
+            cli::build(request, &args.registry).await
+        }
+        Command::Push {
+            layout,
+            reference,
+            registry,
+        } => cli::push(&layout, &reference, &registry).await,
+        Command::List {
+            repository,
+            registry,
+        } => cli::list(&repository, &registry).await,
+        Command::Tag {
+            reference,
+            new_tag,
+            registry,
+        } => cli::tag(&reference, &new_tag, &registry).await,
+        Command::Crd => cli::print_crd(),
+    }
+}

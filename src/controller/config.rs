@@ -1,0 +1,229 @@
+//! Controller configuration: registry profiles and limits, read from the file the Helm chart
+//! renders (`--config`). A profile says how to reach one registry host and which Secrets to use.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// idpbuilder's registry host, used when no configuration file is given.
+pub const IDPBUILDER_HOST: &str = "gitea.cnoe.localtest.me:8443";
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// Registry profiles, matched by the host of `spec.image` / `spec.from`.
+    #[serde(default = "idpbuilder_profiles")]
+    pub registries: Vec<RegistryProfile>,
+    /// Largest context (sum of file sizes) a build may have.
+    #[serde(default = "default_max_context_bytes")]
+    pub max_context_bytes: u64,
+    /// Timeout of a build when `spec.timeout` is not set, e.g. `10m`.
+    #[serde(default = "default_timeout")]
+    pub default_timeout: String,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            registries: idpbuilder_profiles(),
+            max_context_bytes: default_max_context_bytes(),
+            default_timeout: default_timeout(),
+        }
+    }
+}
+
+/// How to reach one registry host.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistryProfile {
+    /// Host (and port) as written in image references.
+    pub host: String,
+    /// Where to connect instead, e.g. the in-cluster service `http://...svc.cluster.local:3000`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Secret key holding the PEM certificate(s) to trust for this host.
+    #[serde(default)]
+    pub ca_secret: Option<NamespacedKeyRef>,
+    /// Secret holding a user name and password for this host (sent to this host only).
+    #[serde(default)]
+    pub credentials_secret: Option<CredentialsSecretRef>,
+    /// Skip TLS verification for this host (reported in status and events).
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// A key of a Secret in a given namespace.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NamespacedKeyRef {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default = "default_ca_key")]
+    pub key: String,
+}
+
+/// A Secret with a user name and a password key.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CredentialsSecretRef {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default = "default_username_key")]
+    pub username_key: String,
+    #[serde(default = "default_password_key")]
+    pub password_key: String,
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read controller configuration {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("controller configuration {path} is not valid: {source}")]
+    Parse {
+        path: String,
+        source: serde_yaml::Error,
+    },
+    #[error(
+        "controller configuration {path}: defaultTimeout `{value}` is not a duration like 90s or 10m"
+    )]
+    Timeout { path: String, value: String },
+}
+
+impl ControllerConfig {
+    /// Reads and checks the file; `None` gives the idpbuilder defaults.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let config: Self = serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: shown.clone(),
+            source,
+        })?;
+        if parse_duration(&config.default_timeout).is_none() {
+            return Err(ConfigError::Timeout {
+                path: shown,
+                value: config.default_timeout,
+            });
+        }
+        Ok(config)
+    }
+
+    /// The profile for a registry host, if any.
+    pub fn profile(&self, host: &str) -> Option<&RegistryProfile> {
+        self.registries.iter().find(|p| p.host == host)
+    }
+
+    pub fn default_timeout(&self) -> Duration {
+        parse_duration(&self.default_timeout).unwrap_or(Duration::from_secs(600))
+    }
+}
+
+fn idpbuilder_profiles() -> Vec<RegistryProfile> {
+    vec![RegistryProfile {
+        host: IDPBUILDER_HOST.to_owned(),
+        endpoint: None,
+        ca_secret: Some(NamespacedKeyRef {
+            namespace: "default".into(),
+            name: "idpbuilder-cert".into(),
+            key: default_ca_key(),
+        }),
+        credentials_secret: Some(CredentialsSecretRef {
+            namespace: "gitea".into(),
+            name: "gitea-credential".into(),
+            username_key: default_username_key(),
+            password_key: default_password_key(),
+        }),
+        insecure: false,
+    }]
+}
+
+fn default_max_context_bytes() -> u64 {
+    2 << 30
+}
+fn default_timeout() -> String {
+    "10m".into()
+}
+fn default_ca_key() -> String {
+    "ca.crt".into()
+}
+fn default_username_key() -> String {
+    "username".into()
+}
+fn default_password_key() -> String {
+    "password".into()
+}
+
+/// Parses Go-style durations as the CRD accepts them: `90s`, `10m`, `1h30m`, `500ms`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let value: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2)
+        } else if rest.starts_with('s') {
+            (Duration::from_secs(1), 1)
+        } else if rest.starts_with('m') {
+            (Duration::from_secs(60), 1)
+        } else if rest.starts_with('h') {
+            (Duration::from_secs(3600), 1)
+        } else {
+            return None;
+        };
+        total = total.checked_add(unit.checked_mul(u32::try_from(value).ok()?)?)?;
+        rest = &rest[len..];
+    }
+    (!total.is_zero()).then_some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_the_crd_syntax_parse() {
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("0s"), None);
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("m"), None);
+    }
+
+    #[test]
+    fn no_file_means_the_idpbuilder_profile() {
+        let config = ControllerConfig::load(None).expect("defaults");
+        let profile = config.profile(IDPBUILDER_HOST).expect("idpbuilder profile");
+        let creds = profile.credentials_secret.as_ref().expect("credentials");
+        assert_eq!(
+            (creds.namespace.as_str(), creds.name.as_str()),
+            ("gitea", "gitea-credential")
+        );
+    }
+
+    #[test]
+    fn unknown_fields_in_a_profile_are_refused() {
+        let err = serde_yaml::from_str::<ControllerConfig>("registries: [{host: a, cert: b}]")
+            .expect_err("unknown field");
+        assert!(err.to_string().contains("cert"), "{err}");
+    }
+}

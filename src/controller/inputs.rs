@@ -1,0 +1,440 @@
+//! Resolving what an ImageBuild asks for into a build plan: the files of its ConfigMaps, the
+//! registry access for its hosts (from its own namespace, or the controller's registry profiles),
+//! and the context digest that says whether anything changed since the last push.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::{Api, Client, ResourceExt};
+
+use super::config::{ControllerConfig, RegistryProfile};
+use super::error::Error;
+use crate::api::{ImageBuild, REBUILD_ANNOTATION};
+use crate::build::{CaBundle, ContextFile, RegistryAccess, RegistryCredentials};
+use crate::oci::Sha256;
+
+/// Everything a build needs, resolved from the cluster.
+pub struct ResolvedInputs {
+    pub files: Vec<ContextFile>,
+    pub target: RegistryAccess,
+    /// Access for the base image's host when it differs from the target's.
+    pub base: Option<RegistryAccess>,
+    /// Hash of files, spec, rebuild annotation and the registry settings' versions.
+    pub context_digest: String,
+}
+
+/// Reads the ConfigMaps and Secrets the ImageBuild names.
+pub async fn resolve(
+    ib: &ImageBuild,
+    client: &Client,
+    config: &ControllerConfig,
+) -> Result<ResolvedInputs, Error> {
+    let namespace = ib.namespace().unwrap_or_default();
+    let spec = &ib.spec;
+    let mut digest = InputsDigest::default();
+    digest.add("spec", &serde_json::to_vec(spec).unwrap_or_default());
+    let rebuild = ib
+        .annotations()
+        .get(REBUILD_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
+    digest.add("rebuild", rebuild.as_bytes());
+
+    let files = match (
+        &spec.context.config_maps,
+        &spec.context.persistent_volume_claim,
+    ) {
+        (Some(sources), None) => {
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+            let mut files = Vec::new();
+            for source in sources {
+                let cm =
+                    api.get_opt(&source.name)
+                        .await?
+                        .ok_or_else(|| Error::ConfigMapNotFound {
+                            namespace: namespace.clone(),
+                            name: source.name.clone(),
+                        })?;
+                files.extend(config_map_files(&namespace, &cm, source.items.as_deref())?);
+            }
+            files
+        }
+        (None, Some(_)) => return Err(Error::PvcUnsupported),
+        _ => {
+            return Err(Error::InvalidSpec {
+                field: "spec.context",
+                message: "exactly one of configMaps or persistentVolumeClaim must be set".into(),
+            });
+        }
+    };
+    for file in &files {
+        digest.add(&file.path, &file.data);
+        digest.add(
+            "mode",
+            format!("{:?}/{}", file.mode, file.archive).as_bytes(),
+        );
+    }
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let target_host = host_of(&spec.image);
+    let target = access_for(ib, &target_host, client, &secrets, config, &mut digest).await?;
+    let base = match spec.from.as_deref().map(host_of) {
+        Some(host) if host != target_host => {
+            Some(access_for(ib, &host, client, &secrets, config, &mut digest).await?)
+        }
+        _ => None,
+    };
+    Ok(ResolvedInputs {
+        files,
+        target,
+        base,
+        context_digest: digest.finish(),
+    })
+}
+
+/// Registry access for the ImageBuild's target host alone (used when deleting tags, when the
+/// context may already be gone).
+pub async fn registry_access(
+    ib: &ImageBuild,
+    client: &Client,
+    config: &ControllerConfig,
+) -> Result<RegistryAccess, Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ib.namespace().unwrap_or_default());
+    let mut digest = InputsDigest::default();
+    access_for(
+        ib,
+        &host_of(&ib.spec.image),
+        client,
+        &secrets,
+        config,
+        &mut digest,
+    )
+    .await
+}
+
+/// The registry host of an image reference (everything before the first `/`).
+pub fn host_of(reference: &str) -> String {
+    reference.split('/').next().unwrap_or_default().to_owned()
+}
+
+/// The files an ImageBuild takes from one ConfigMap (`items`, or every key).
+pub fn config_map_files(
+    namespace: &str,
+    cm: &ConfigMap,
+    items: Option<&[crate::api::KeyToPath]>,
+) -> Result<Vec<ContextFile>, Error> {
+    let name = cm.name_any();
+    let mut all: BTreeMap<&str, bytes::Bytes> = BTreeMap::new();
+    for (key, value) in cm.data.iter().flatten() {
+        all.insert(key, bytes::Bytes::copy_from_slice(value.as_bytes()));
+    }
+    for (key, value) in cm.binary_data.iter().flatten() {
+        all.insert(key, bytes::Bytes::copy_from_slice(&value.0));
+    }
+    let file = |key: &str, data: bytes::Bytes, item: Option<&crate::api::KeyToPath>| ContextFile {
+        source: format!("ConfigMap {name} key {key}"),
+        path: item
+            .and_then(|i| i.path.clone())
+            .unwrap_or_else(|| key.to_owned()),
+        mode: item
+            .and_then(|i| i.mode)
+            .and_then(|m| u32::try_from(m).ok()),
+        data,
+        archive: item.is_some_and(|i| i.archive),
+    };
+    match items {
+        None => Ok(all.iter().map(|(k, v)| file(k, v.clone(), None)).collect()),
+        Some(items) => items
+            .iter()
+            .map(|item| {
+                let data = all.get(item.key.as_str()).cloned().ok_or_else(|| {
+                    Error::ConfigMapKeyMissing {
+                        namespace: namespace.to_owned(),
+                        name: name.clone(),
+                        key: item.key.clone(),
+                        available: all.keys().copied().collect::<Vec<_>>().join(", "),
+                    }
+                })?;
+                Ok(file(&item.key, data, Some(item)))
+            })
+            .collect(),
+    }
+}
+
+/// Registry access for `host`: the ImageBuild's own `spec.registry` Secrets (same namespace only)
+/// override the controller's profile for that host.
+async fn access_for(
+    ib: &ImageBuild,
+    host: &str,
+    client: &Client,
+    own_secrets: &Api<Secret>,
+    config: &ControllerConfig,
+    digest: &mut InputsDigest,
+) -> Result<RegistryAccess, Error> {
+    let namespace = ib.namespace().unwrap_or_default();
+    let profile = config.profile(host);
+    let settings = ib.spec.registry.as_ref();
+    let mut access = RegistryAccess {
+        host: host.to_owned(),
+        endpoint: profile.and_then(|p| p.endpoint.clone()),
+        ca: None,
+        credentials: None,
+        insecure: settings.is_some_and(|s| s.insecure) || profile.is_some_and(|p| p.insecure),
+    };
+
+    if let Some(ca) = settings.and_then(|s| s.ca_secret.as_ref()) {
+        let secret = get_secret(
+            own_secrets,
+            &namespace,
+            &ca.name,
+            "registry CA",
+            "spec.registry.caSecret",
+        )
+        .await?;
+        digest.add(
+            "ca",
+            secret.resource_version().unwrap_or_default().as_bytes(),
+        );
+        access.ca = Some(ca_from(&secret, &namespace, &ca.name, &ca.key)?);
+    } else if let Some(profile) = profile {
+        access.ca = profile_ca(profile, client, digest).await?;
+    }
+
+    if let Some(name) = settings.and_then(|s| s.credentials_secret.as_ref()) {
+        let secret = get_secret(
+            own_secrets,
+            &namespace,
+            name,
+            "registry credentials",
+            "spec.registry.credentialsSecret",
+        )
+        .await?;
+        digest.add(
+            "credentials",
+            secret.resource_version().unwrap_or_default().as_bytes(),
+        );
+        access.credentials = Some(credentials_from(&secret, &namespace, name, host)?);
+    } else if let Some(profile) = profile {
+        access.credentials = profile_credentials(profile, client, digest).await?;
+    }
+    Ok(access)
+}
+
+/// Registry access for `host` from the controller's registry profile alone, as
+/// `imagebuild ... --from-cluster` uses it. Without a profile for the host: no CA, no credentials.
+pub async fn profile_access(
+    host: &str,
+    client: &Client,
+    config: &ControllerConfig,
+) -> Result<RegistryAccess, Error> {
+    let mut digest = InputsDigest::default();
+    let profile = config.profile(host);
+    let (ca, credentials) = match profile {
+        Some(p) => (
+            profile_ca(p, client, &mut digest).await?,
+            profile_credentials(p, client, &mut digest).await?,
+        ),
+        None => (None, None),
+    };
+    Ok(RegistryAccess {
+        host: host.to_owned(),
+        endpoint: profile.and_then(|p| p.endpoint.clone()),
+        ca,
+        credentials,
+        insecure: profile.is_some_and(|p| p.insecure),
+    })
+}
+
+async fn profile_ca(
+    profile: &RegistryProfile,
+    client: &Client,
+    digest: &mut InputsDigest,
+) -> Result<Option<CaBundle>, Error> {
+    let Some(r) = &profile.ca_secret else {
+        return Ok(None);
+    };
+    let api: Api<Secret> = Api::namespaced(client.clone(), &r.namespace);
+    let field = format!("the caSecret of registry profile {}", profile.host);
+    let secret = get_secret(&api, &r.namespace, &r.name, "registry CA", &field).await?;
+    digest.add(
+        "ca",
+        secret.resource_version().unwrap_or_default().as_bytes(),
+    );
+    ca_from(&secret, &r.namespace, &r.name, &r.key).map(Some)
+}
+
+async fn profile_credentials(
+    profile: &RegistryProfile,
+    client: &Client,
+    digest: &mut InputsDigest,
+) -> Result<Option<RegistryCredentials>, Error> {
+    let Some(r) = &profile.credentials_secret else {
+        return Ok(None);
+    };
+    let api: Api<Secret> = Api::namespaced(client.clone(), &r.namespace);
+    let field = format!("the credentialsSecret of registry profile {}", profile.host);
+    let secret = get_secret(&api, &r.namespace, &r.name, "registry credentials", &field).await?;
+    digest.add(
+        "credentials",
+        secret.resource_version().unwrap_or_default().as_bytes(),
+    );
+    let value = |key: &str| secret_value(&secret, key);
+    let missing = |key: &str| Error::SecretKeyMissing {
+        namespace: r.namespace.clone(),
+        name: r.name.clone(),
+        purpose: "registry credentials",
+        key: key.to_owned(),
+        hint: "the registry profile names this key".into(),
+    };
+    Ok(Some(RegistryCredentials {
+        username: value(&r.username_key).ok_or_else(|| missing(&r.username_key))?,
+        password: value(&r.password_key).ok_or_else(|| missing(&r.password_key))?,
+        source: format!("Secret {}/{}", r.namespace, r.name),
+    }))
+}
+
+async fn get_secret(
+    api: &Api<Secret>,
+    namespace: &str,
+    name: &str,
+    purpose: &'static str,
+    field: &str,
+) -> Result<Secret, Error> {
+    api.get_opt(name)
+        .await?
+        .ok_or_else(|| Error::SecretNotFound {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            purpose,
+            field: field.to_owned(),
+        })
+}
+
+fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(bytes.0.clone()).ok()
+}
+
+fn ca_from(secret: &Secret, namespace: &str, name: &str, key: &str) -> Result<CaBundle, Error> {
+    let pem = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.clone())
+        .ok_or_else(|| Error::SecretKeyMissing {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            purpose: "registry CA",
+            key: key.to_owned(),
+            hint: "put the PEM certificate under that key".into(),
+        })?;
+    Ok(CaBundle {
+        pem,
+        source: format!("Secret {namespace}/{name} key {key}"),
+    })
+}
+
+/// Credentials from a dockerconfigjson, basic-auth or plain Secret, for `host` only.
+fn credentials_from(
+    secret: &Secret,
+    namespace: &str,
+    name: &str,
+    host: &str,
+) -> Result<RegistryCredentials, Error> {
+    let source = format!("Secret {namespace}/{name}");
+    let invalid = |key: &str, hint: String| Error::SecretKeyMissing {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        purpose: "registry credentials",
+        key: key.to_owned(),
+        hint,
+    };
+    if let Some(json) = secret_value(secret, ".dockerconfigjson") {
+        let (username, password) = docker_config_auth(&json, host).ok_or_else(|| {
+            invalid(
+                ".dockerconfigjson",
+                format!("it has no auths entry with a username and password for {host}"),
+            )
+        })?;
+        return Ok(RegistryCredentials {
+            username,
+            password,
+            source,
+        });
+    }
+    match (secret_value(secret, "username"), secret_value(secret, "password")) {
+        (Some(username), Some(password)) => Ok(RegistryCredentials {
+            username,
+            password,
+            source,
+        }),
+        _ => Err(invalid(
+            "username/password",
+            "use a kubernetes.io/basic-auth Secret (username, password) or a kubernetes.io/dockerconfigjson Secret".into(),
+        )),
+    }
+}
+
+/// Finds `host` in a `.dockerconfigjson` (`auths.<host>` with username/password or `auth`).
+pub fn docker_config_auth(json: &str, host: &str) -> Option<(String, String)> {
+    use base64::Engine;
+    let value: serde_json::Value = serde_json::from_str(json).ok()?;
+    let auths = value.get("auths")?.as_object()?;
+    let entry = auths.iter().find_map(|(key, entry)| {
+        let key = key
+            .trim_start_matches("https://")
+            .trim_start_matches("http://");
+        (key.trim_end_matches('/') == host).then_some(entry)
+    })?;
+    let field = |k: &str| entry.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    if let (Some(u), Some(p)) = (field("username"), field("password")) {
+        return Some((u, p));
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(field("auth")?)
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (u, p) = text.split_once(':')?;
+    Some((u.to_owned(), p.to_owned()))
+}
+
+/// Incremental hash of labelled inputs; labels and lengths are framed so that moving bytes
+/// between fields changes the digest.
+#[derive(Default)]
+struct InputsDigest(Sha256);
+
+impl InputsDigest {
+    fn add(&mut self, label: &str, bytes: &[u8]) {
+        for part in [label.as_bytes(), bytes] {
+            self.0.update(&(part.len() as u64).to_le_bytes());
+            self.0.update(part);
+        }
+    }
+    fn finish(self) -> String {
+        self.0.finish().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dockerconfigjson_auth_field_is_decoded_for_the_matching_host_only() {
+        // "user:p:a@ss" in base64: the password keeps its colons.
+        let json = r#"{"auths":{"https://reg.example:8443":{"auth":"dXNlcjpwOmFAc3M="}}}"#;
+        assert_eq!(
+            docker_config_auth(json, "reg.example:8443"),
+            Some(("user".into(), "p:a@ss".into()))
+        );
+        assert_eq!(docker_config_auth(json, "other.example"), None);
+    }
+
+    #[test]
+    fn host_is_the_first_path_component() {
+        assert_eq!(
+            host_of("gitea.cnoe.localtest.me:8443/giteaadmin/app"),
+            "gitea.cnoe.localtest.me:8443"
+        );
+    }
+}

@@ -1,0 +1,295 @@
+//! The ImageBuild controller: watches ImageBuilds and, metadata-only, the ConfigMaps and Secrets
+//! they reference; runs reconciles under a Lease when leader election is on; serves health,
+//! readiness and metrics.
+
+pub mod config;
+pub mod error;
+pub mod inputs;
+pub mod leader;
+pub mod reconcile;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Controller;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::Semaphore;
+
+use crate::api::ImageBuild;
+use crate::metrics::Metrics;
+use crate::server::{self, Health};
+use config::{ConfigError, ControllerConfig};
+use leader::{Elector, LeaseSettings};
+use reconcile::Context;
+
+/// How the controller process runs (flags of `imagebuild controller`).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub leader_elect: bool,
+    pub lease_name: String,
+    pub lease_namespace: Option<String>,
+    pub identity: String,
+    pub concurrency: u16,
+    pub work_dir: PathBuf,
+}
+
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG): {0}")]
+    Client(#[source] kube::Error),
+    #[error("cannot serve health and metrics on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("--leader-elect needs --lease-namespace or the POD_NAMESPACE environment variable")]
+    LeaseNamespace,
+    #[error("--work-dir {path} is not a writable directory: {source}")]
+    WorkDir {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Runs until SIGTERM / Ctrl-C, or until leadership is lost.
+pub async fn run(options: Options) -> Result<(), StartError> {
+    let config = ControllerConfig::load(options.config.as_deref())?;
+    std::fs::create_dir_all(&options.work_dir).map_err(|source| StartError::WorkDir {
+        path: options.work_dir.display().to_string(),
+        source,
+    })?;
+    let client = Client::try_default().await.map_err(StartError::Client)?;
+    let metrics = Arc::new(Metrics::default());
+    let health = Health::new(metrics.clone());
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: options.listen,
+            source,
+        })?;
+    tokio::spawn(server::serve(listener, health.clone()));
+
+    let elector = if options.leader_elect {
+        let namespace = options
+            .lease_namespace
+            .clone()
+            .ok_or(StartError::LeaseNamespace)?;
+        let elector = Elector::new(
+            client.clone(),
+            LeaseSettings {
+                name: options.lease_name.clone(),
+                namespace,
+                identity: options.identity.clone(),
+                lease_duration: Duration::from_secs(15),
+                retry_period: Duration::from_secs(2),
+            },
+        );
+        // A standby replica is healthy and ready: it serves nothing but waits its turn.
+        health.set_ready(true);
+        tokio::select! {
+            () = elector.acquire() => {}
+            () = shutdown_signal() => return Ok(()),
+        }
+        health.set_ready(false);
+        Some(elector)
+    } else {
+        None
+    };
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "imagebuild-controller".into(),
+                instance: Some(options.identity.clone()),
+            },
+        ),
+        metrics,
+        build_slots: Semaphore::new(usize::from(options.concurrency.max(1))),
+        work_dir: options.work_dir.clone(),
+        config,
+    });
+    // The controller wants a Sync trigger; the lease renewal loop runs in its own task.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        match elector {
+            Some(elector) => tokio::select! {
+                () = elector.hold() => tracing::warn!("lost leadership; stopping"),
+                () = shutdown_signal() => {}
+            },
+            None => shutdown_signal().await,
+        }
+        let _ = stop_tx.send(());
+    });
+    let stop = async move {
+        let _ = stop_rx.await;
+    };
+    controller(client, ctx, health, options.concurrency, stop).await;
+    Ok(())
+}
+
+async fn controller(
+    client: Client,
+    ctx: Arc<Context>,
+    health: Health,
+    concurrency: u16,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let builds: Api<ImageBuild> = Api::all(client.clone());
+    let controller = Controller::new(builds, watcher::Config::default().any_semantic())
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .concurrency(concurrency.saturating_mul(2).max(2)),
+        );
+    let store = controller.store();
+    let ready_store = store.clone();
+    tokio::spawn(async move {
+        if ready_store.wait_until_ready().await.is_ok() {
+            tracing::info!("ImageBuild cache synced; ready");
+            health.set_ready(true);
+        }
+    });
+
+    let config_maps = watcher(
+        Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .touched_objects();
+    let secrets = watcher(
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .touched_objects();
+    let cm_store = store.clone();
+    let secret_store = store;
+    let secret_ctx = ctx.clone();
+    controller
+        .watches_stream(config_maps, move |cm| {
+            users_of_config_map(
+                &cm_store,
+                &cm.namespace().unwrap_or_default(),
+                &cm.name_any(),
+            )
+        })
+        .watches_stream(secrets, move |secret| {
+            users_of_secret(
+                &secret_store,
+                &secret_ctx.config,
+                &secret.namespace().unwrap_or_default(),
+                &secret.name_any(),
+            )
+        })
+        .graceful_shutdown_on(stop)
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconcile ended with an error");
+            }
+        })
+        .await;
+}
+
+/// ImageBuilds whose context names ConfigMap `namespace/name`.
+fn users_of_config_map(
+    store: &Store<ImageBuild>,
+    namespace: &str,
+    name: &str,
+) -> Vec<ObjectRef<ImageBuild>> {
+    store
+        .state()
+        .iter()
+        .filter(|ib| ib.namespace().as_deref() == Some(namespace))
+        .filter(|ib| {
+            ib.spec
+                .context
+                .config_maps
+                .iter()
+                .flatten()
+                .any(|source| source.name == name)
+        })
+        .map(|ib| ObjectRef::from_obj(ib.as_ref()))
+        .collect()
+}
+
+/// ImageBuilds that read Secret `namespace/name`: through `spec.registry`, or through a
+/// registry profile for the host they push to or pull from.
+fn users_of_secret(
+    store: &Store<ImageBuild>,
+    config: &ControllerConfig,
+    namespace: &str,
+    name: &str,
+) -> Vec<ObjectRef<ImageBuild>> {
+    let profile_hosts: Vec<&str> = config
+        .registries
+        .iter()
+        .filter(|p| {
+            let ca = p
+                .ca_secret
+                .as_ref()
+                .is_some_and(|s| s.namespace == namespace && s.name == name);
+            let creds = p
+                .credentials_secret
+                .as_ref()
+                .is_some_and(|s| s.namespace == namespace && s.name == name);
+            ca || creds
+        })
+        .map(|p| p.host.as_str())
+        .collect();
+    store
+        .state()
+        .iter()
+        .filter(|ib| {
+            let own = ib.namespace().as_deref() == Some(namespace)
+                && ib.spec.registry.as_ref().is_some_and(|r| {
+                    r.credentials_secret.as_deref() == Some(name)
+                        || r.ca_secret.as_ref().is_some_and(|c| c.name == name)
+                });
+            let hosts = [Some(ib.spec.image.as_str()), ib.spec.from.as_deref()];
+            let via_profile = hosts
+                .iter()
+                .flatten()
+                .any(|r| profile_hosts.contains(&inputs::host_of(r).as_str()));
+            own || via_profile
+        })
+        .map(|ib| ObjectRef::from_obj(ib.as_ref()))
+        .collect()
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutting down");
+}

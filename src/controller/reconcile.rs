@@ -1,0 +1,367 @@
+//! What one ImageBuild wants, and doing it: resolve inputs, short-circuit when nothing changed,
+//! otherwise build and push under a build slot, and write the outcome to status and events.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{EventType, Recorder};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::Semaphore;
+
+use super::config::{ControllerConfig, parse_duration};
+use super::error::Error;
+use super::inputs::{self, ResolvedInputs};
+use super::status::{self, Readiness};
+use crate::api::{DeletionPolicy, FINALIZER, ImageBuild, Phase};
+use crate::build::{self, BuildJob, ContextSource};
+use crate::metrics::Metrics;
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub config: ControllerConfig,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub build_slots: Semaphore,
+    pub work_dir: PathBuf,
+}
+
+/// Quiet re-check of a built image (nothing is uploaded when inputs are unchanged).
+const RESYNC: Duration = Duration::from_secs(3600);
+
+pub async fn reconcile(ib: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciles.inc();
+    let api: Api<ImageBuild> =
+        Api::namespaced(ctx.client.clone(), &ib.namespace().unwrap_or_default());
+    if ib.metadata.deletion_timestamp.is_some() {
+        return finalize(&ib, &api, &ctx).await;
+    }
+    sync_finalizer(&ib, &api).await?;
+
+    let inputs = match inputs::resolve(&ib, &ctx.client, &ctx.config).await {
+        Ok(inputs) => inputs,
+        Err(Error::Kube(e)) => return Err(Error::Kube(e)),
+        Err(error) => return record_failure(&ib, &api, &ctx, error, None).await,
+    };
+    if let Some(action) = wait_or_skip(&ib, &inputs.context_digest) {
+        return Ok(action);
+    }
+    build(&ib, &api, &ctx, inputs).await
+}
+
+/// `Some` when no build is due: inputs unchanged since success, or since a failure that needs a
+/// change, or a retry that is not due yet.
+fn wait_or_skip(ib: &ImageBuild, context_digest: &str) -> Option<Action> {
+    let status = ib.status.as_ref()?;
+    let same = status.context_digest.as_deref() == Some(context_digest)
+        && status.observed_generation == ib.metadata.generation;
+    if !same {
+        return None;
+    }
+    match status.phase? {
+        Phase::Succeeded => Some(Action::requeue(RESYNC)),
+        Phase::Failed => match &status.next_retry_time {
+            None => Some(Action::await_change()),
+            Some(at) => {
+                let left = at.0.duration_since(Timestamp::now());
+                (left > SignedDuration::ZERO).then(|| {
+                    Action::requeue(Duration::try_from(left).unwrap_or(Duration::from_secs(1)))
+                })
+            }
+        },
+        _ => None,
+    }
+}
+
+async fn build(
+    ib: &ImageBuild,
+    api: &Api<ImageBuild>,
+    ctx: &Context,
+    inputs: ResolvedInputs,
+) -> Result<Action, Error> {
+    let previous = ib.status.clone().unwrap_or_default();
+    let attempts = if previous.context_digest.as_deref() == Some(&inputs.context_digest) {
+        previous.attempts.unwrap_or(0) + 1
+    } else {
+        1
+    };
+    ctx.metrics.queue_depth.inc();
+    let slot = ctx.build_slots.acquire().await;
+    ctx.metrics.queue_depth.dec();
+    let Ok(_slot) = slot else {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    };
+    ctx.metrics.builds_in_flight.inc();
+    let started = Instant::now();
+
+    let mut status = status::next_status(
+        ib,
+        Phase::Building,
+        Readiness {
+            ready: false,
+            reason: "Building",
+            message: format!("building {} (attempt {attempts})", ib.spec.image),
+        },
+    );
+    status.context_digest = Some(inputs.context_digest.clone());
+    status.attempts = Some(attempts);
+    status.start_time = Some(status::now());
+    status.completion_time = None;
+    status.next_retry_time = None;
+    status.insecure = inputs.target.insecure;
+    status::write(api, ib, &status).await?;
+    if inputs.target.insecure {
+        let note = format!(
+            "TLS verification is off for {} (registry.insecure)",
+            inputs.target.host
+        );
+        status::event(
+            &ctx.recorder,
+            ib,
+            EventType::Warning,
+            "InsecureRegistry",
+            note,
+        )
+        .await;
+    }
+
+    let timeout_text = ib
+        .spec
+        .timeout
+        .clone()
+        .unwrap_or_else(|| ctx.config.default_timeout.clone());
+    let timeout = parse_duration(&timeout_text).unwrap_or_else(|| ctx.config.default_timeout());
+    let outcome =
+        tokio::time::timeout(timeout, build_and_push(ib, api, ctx, &inputs, &status)).await;
+    ctx.metrics.builds_in_flight.dec();
+    let seconds = started.elapsed().as_secs_f64();
+    let pushed = match outcome {
+        Ok(Ok(pushed)) => pushed,
+        Ok(Err(error)) => {
+            ctx.metrics.build_finished(error.reason(), seconds);
+            return record_failure(ib, api, ctx, error, Some((inputs.context_digest, attempts)))
+                .await;
+        }
+        Err(_) => {
+            ctx.metrics.build_finished("Timeout", seconds);
+            let error = Error::Timeout {
+                after: timeout_text,
+            };
+            return record_failure(ib, api, ctx, error, Some((inputs.context_digest, attempts)))
+                .await;
+        }
+    };
+
+    let up_to_date = pushed.bytes_uploaded == 0;
+    let reason = if up_to_date { "UpToDate" } else { "Pushed" };
+    ctx.metrics.build_finished(reason, seconds);
+    ctx.metrics.bytes_pushed.inc_by(pushed.bytes_uploaded);
+    let message = format!(
+        "{} pushed as {} ({} bytes uploaded)",
+        pushed.image_ref,
+        pushed.tags.join(", "),
+        pushed.bytes_uploaded
+    );
+    let mut done = status::next_status(
+        ib,
+        Phase::Succeeded,
+        Readiness {
+            ready: true,
+            reason,
+            message: message.clone(),
+        },
+    );
+    done.context_digest = Some(inputs.context_digest);
+    done.attempts = Some(attempts);
+    done.start_time = status.start_time.clone();
+    done.completion_time = Some(status::now());
+    done.next_retry_time = None;
+    done.insecure = inputs.target.insecure;
+    done.digest = Some(pushed.digest.to_string());
+    done.short_digest = Some(pushed.digest.short().to_owned());
+    done.image_ref = Some(pushed.image_ref.clone());
+    done.tags = pushed.tags.clone();
+    done.base_digest = pushed.base_digest.as_ref().map(ToString::to_string);
+    done.size = Some(pushed.size);
+    status::write(api, ib, &done).await?;
+    status::event(&ctx.recorder, ib, EventType::Normal, reason, message).await;
+    tracing::info!(image = %pushed.image_ref, bytes_uploaded = pushed.bytes_uploaded, seconds, "image pushed");
+    Ok(Action::requeue(RESYNC))
+}
+
+async fn build_and_push(
+    ib: &ImageBuild,
+    api: &Api<ImageBuild>,
+    ctx: &Context,
+    inputs: &ResolvedInputs,
+    building: &crate::api::ImageBuildStatus,
+) -> Result<build::Pushed, Error> {
+    let work = tempfile::Builder::new()
+        .prefix("build-")
+        .tempdir_in(&ctx.work_dir)
+        .map_err(|e| Error::Build(build::BuildError::WorkDir(e)))?;
+    let job = BuildJob {
+        spec: &ib.spec,
+        source: ContextSource::Files(inputs.files.clone()),
+        target: inputs.target.clone(),
+        base: inputs.base.clone(),
+        work_dir: work.path().to_path_buf(),
+        max_context_bytes: Some(ctx.config.max_context_bytes),
+        source_date_epoch: None,
+    };
+    let prepared = build::build_image(&job).await?;
+    let mut pushing = building.clone();
+    pushing.phase = Some(Phase::Pushing);
+    status::write(api, ib, &pushing).await?;
+    Ok(build::push_image(&job, prepared).await?)
+}
+
+/// Writes a failure to status (and a Warning event when the condition changed) and decides
+/// when to look again.
+async fn record_failure(
+    ib: &ImageBuild,
+    api: &Api<ImageBuild>,
+    ctx: &Context,
+    error: Error,
+    attempt: Option<(String, u32)>,
+) -> Result<Action, Error> {
+    let reason = error.reason();
+    let message = error.to_string();
+    tracing::warn!(reason, %message, "build failed");
+    let mut status = status::next_status(
+        ib,
+        Phase::Failed,
+        Readiness {
+            ready: false,
+            reason,
+            message: message.clone(),
+        },
+    );
+    let (digest, attempts) = attempt.unzip();
+    status.context_digest = digest;
+    status.attempts = attempts;
+    status.completion_time = Some(status::now());
+    let retry_in = error.is_transient().then(|| backoff(attempts.unwrap_or(1)));
+    status.next_retry_time = retry_in.map(|d| {
+        Time(
+            Timestamp::now() + SignedDuration::try_from(d).unwrap_or(SignedDuration::from_secs(60)),
+        )
+    });
+    let changed = status::condition_changed(ib, &status);
+    status::write(api, ib, &status).await?;
+    if changed || attempts.is_some() {
+        status::event(&ctx.recorder, ib, EventType::Warning, reason, message).await;
+    }
+    Ok(retry_in.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Capped exponential backoff with jitter: 5 s, 10 s, 20 s ... up to 5 minutes.
+pub fn backoff(attempts: u32) -> Duration {
+    let base = 5u64.saturating_mul(1 << attempts.saturating_sub(1).min(6));
+    let capped = base.min(300);
+    Duration::from_millis(capped * 1000 + fastrand::u64(0..1000))
+}
+
+/// Keeps the finalizer present exactly when `deletionPolicy: Delete`.
+async fn sync_finalizer(ib: &ImageBuild, api: &Api<ImageBuild>) -> Result<(), Error> {
+    let wanted = ib.spec.deletion_policy == DeletionPolicy::Delete;
+    let has = ib.finalizers().iter().any(|f| f == FINALIZER);
+    if wanted == has {
+        return Ok(());
+    }
+    let mut finalizers: Vec<String> = ib
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    if wanted {
+        finalizers.push(FINALIZER.to_owned());
+    }
+    set_finalizers(ib, api, finalizers).await
+}
+
+async fn set_finalizers(
+    ib: &ImageBuild,
+    api: &Api<ImageBuild>,
+    finalizers: Vec<String>,
+) -> Result<(), Error> {
+    // resourceVersion makes the merge patch conditional: another writer's finalizer is never lost.
+    let patch = serde_json::json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": ib.resource_version()}
+    });
+    api.patch(
+        &ib.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletion: with `deletionPolicy: Delete`, removes the pushed tags, then lets the object go.
+async fn finalize(ib: &ImageBuild, api: &Api<ImageBuild>, ctx: &Context) -> Result<Action, Error> {
+    if !ib.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let tags = ib
+        .status
+        .as_ref()
+        .map(|s| s.tags.clone())
+        .unwrap_or_default();
+    if !tags.is_empty() {
+        match delete_tags(ib, ctx, &tags).await {
+            Ok(()) => {
+                let note = format!("deleted tags {} of {}", tags.join(", "), ib.spec.image);
+                status::event(&ctx.recorder, ib, EventType::Normal, "TagsDeleted", note).await;
+            }
+            Err(error) if error.is_transient() => return Err(error),
+            Err(error) => {
+                let note = format!("could not delete the pushed tags, leaving them: {error}");
+                status::event(&ctx.recorder, ib, EventType::Warning, error.reason(), note).await;
+            }
+        }
+    }
+    let rest: Vec<String> = ib
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    set_finalizers(ib, api, rest).await?;
+    Ok(Action::await_change())
+}
+
+async fn delete_tags(ib: &ImageBuild, ctx: &Context, tags: &[String]) -> Result<(), Error> {
+    let inputs = inputs::resolve(ib, &ctx.client, &ctx.config).await;
+    // Deletion must work even when the context ConfigMaps are already gone: fall back to the
+    // registry settings alone.
+    let access = match inputs {
+        Ok(inputs) => inputs.target,
+        Err(_) => inputs::registry_access(ib, &ctx.client, &ctx.config).await?,
+    };
+    build::delete_tags(&access, &ib.spec.image, tags).await?;
+    Ok(())
+}
+
+pub fn error_policy(_ib: Arc<ImageBuild>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(%error, "reconcile failed; retrying");
+    Action::requeue(backoff(2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped_at_five_minutes() {
+        assert!(backoff(1) < Duration::from_secs(6));
+        assert!(backoff(3) >= Duration::from_secs(20));
+        assert!(backoff(30) <= Duration::from_secs(301));
+    }
+}

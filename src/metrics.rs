@@ -1,0 +1,93 @@
+//! Prometheus metrics of the controller: builds by result, durations, bytes pushed, queue depth.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Label of a finished build: `Succeeded`, `UpToDate`, or the failure reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+/// All metrics, registered once at start-up.
+pub struct Metrics {
+    pub registry: Registry,
+    pub builds: Family<ResultLabel, Counter>,
+    pub build_duration: Histogram,
+    pub bytes_pushed: Counter<u64, AtomicU64>,
+    pub builds_in_flight: Gauge,
+    pub queue_depth: Gauge,
+    pub reconciles: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("imagebuild");
+        let builds = Family::<ResultLabel, Counter>::default();
+        let build_duration = Histogram::new([
+            0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+        ]);
+        let bytes_pushed = Counter::<u64, AtomicU64>::default();
+        let builds_in_flight = Gauge::default();
+        let queue_depth = Gauge::default();
+        let reconciles = Counter::default();
+        registry.register("builds", "Builds finished, by result", builds.clone());
+        registry.register(
+            "build_duration_seconds",
+            "Time from build start to pushed image",
+            build_duration.clone(),
+        );
+        registry.register(
+            "pushed_bytes",
+            "Blob bytes uploaded to registries",
+            bytes_pushed.clone(),
+        );
+        registry.register(
+            "builds_in_flight",
+            "Builds running now",
+            builds_in_flight.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Builds waiting for a free build slot",
+            queue_depth.clone(),
+        );
+        registry.register("reconciles", "Reconcile calls", reconciles.clone());
+        Self {
+            registry,
+            builds,
+            build_duration,
+            bytes_pushed,
+            builds_in_flight,
+            queue_depth,
+            reconciles,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a finished build under `result`.
+    pub fn build_finished(&self, result: &str, seconds: f64) {
+        self.builds
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
+        self.build_duration.observe(seconds);
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,353 @@
+//! End to end: the chart installed into the real API server, the controller running with its
+//! ServiceAccount, ImageBuilds applied with kubectl, images checked in the real Gitea.
+
+mod common;
+mod controller_support;
+
+use std::time::Duration;
+
+use controller_support as ctl;
+
+const SETTLE: Duration = Duration::from_secs(120);
+
+fn site_manifests(ns: &str, name: &str, image: &str, body: &str, extra_spec: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: {name}-src, namespace: {ns}}}
+data:
+  index.html: "{body}"
+  app.sh: "echo hi"
+---
+apiVersion: imagebuild.dev/v1alpha1
+kind: ImageBuild
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  context:
+    configMaps:
+      - name: {name}-src
+        items:
+          - {{key: index.html, path: site/index.html}}
+          - {{key: app.sh, path: bin/app.sh, mode: 493}}
+  image: {image}
+  tags: [latest, v1]
+  destinationPath: /srv
+{extra_spec}
+"#
+    )
+}
+
+fn start() -> std::sync::MutexGuard<'static, ctl::ControllerProcess> {
+    ctl::shared_controller()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+#[test]
+fn a_configmap_build_becomes_ready_with_the_digest_gitea_serves_and_the_files_inside() {
+    let env = common::env();
+    drop(start());
+    let ns = ctl::namespace("e2e-ready");
+    let image = env.gitea_image(&common::unique_name("site"));
+    env.kubectl_apply(&site_manifests(&ns, "site", &image, "<h1>hello</h1>", ""));
+
+    let ib = ctl::wait_settled(&ns, "site", SETTLE);
+    let (ready, reason, message) = ctl::ready(&ib).expect("Ready condition");
+    assert_eq!(ready, "True", "{reason}: {message}");
+    let digest = ib["status"]["digest"]
+        .as_str()
+        .expect("status.digest")
+        .to_owned();
+    for tag in ["latest", "v1"] {
+        assert_eq!(
+            ctl::registry_digest(env, &image, tag).as_deref(),
+            Some(digest.as_str()),
+            "tag {tag}"
+        );
+    }
+    assert_eq!(ib["status"]["imageRef"], format!("{image}@{digest}"));
+    assert_eq!(ib["status"]["shortDigest"], digest[7..19]);
+
+    let bundle = ctl::pull_and_unpack(env, &format!("{image}@{digest}"));
+    let rootfs = bundle.path().join("bundle/rootfs/srv");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("site/index.html")).expect("index.html"),
+        "<h1>hello</h1>"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(rootfs.join("bin/app.sh"))
+            .expect("app.sh")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o755);
+    let events = ctl::events(&ns, "site");
+    assert!(
+        events
+            .iter()
+            .any(|(t, r, _, _)| t == "Normal" && r == "Pushed"),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn editing_the_configmap_rebuilds_and_unchanged_inputs_upload_nothing() {
+    let env = common::env();
+    drop(start());
+    let ns = ctl::namespace("e2e-edit");
+    let image = env.gitea_image(&common::unique_name("edit"));
+    env.kubectl_apply(&site_manifests(&ns, "edit", &image, "one", ""));
+    let first = ctl::wait_settled(&ns, "edit", SETTLE);
+    let first_digest = first["status"]["digest"]
+        .as_str()
+        .expect("digest")
+        .to_owned();
+
+    // Unchanged inputs: the object is not rebuilt, the digest and attempts stay.
+    env.kubectl_apply(&site_manifests(&ns, "edit", &image, "one", ""));
+    std::thread::sleep(Duration::from_secs(2));
+    let again = ctl::get_ib(&ns, "edit");
+    assert_eq!(again["status"]["digest"], first["status"]["digest"]);
+    assert_eq!(
+        again["status"]["completionTime"],
+        first["status"]["completionTime"]
+    );
+
+    // A forced rebuild of the same inputs reproduces the digest and uploads nothing.
+    env.kubectl(&[
+        "annotate",
+        "imagebuild",
+        "edit",
+        "-n",
+        &ns,
+        "imagebuild.dev/rebuild=1",
+    ]);
+    let rebuilt = ctl::wait_for(&ns, "edit", SETTLE, |ib| {
+        ib["status"]["completionTime"] != first["status"]["completionTime"]
+            && ib["status"]["phase"] == "Succeeded"
+    });
+    assert_eq!(rebuilt["status"]["digest"], first["status"]["digest"]);
+    assert_eq!(
+        ctl::ready(&rebuilt).map(|r| r.1).as_deref(),
+        Some("UpToDate")
+    );
+
+    // An edited ConfigMap gives a new image.
+    env.kubectl_apply(&site_manifests(&ns, "edit", &image, "two", ""));
+    let edited = ctl::wait_for(&ns, "edit", SETTLE, |ib| {
+        ib["status"]["phase"] == "Succeeded"
+            && ib["status"]["digest"].as_str() != Some(first_digest.as_str())
+    });
+    let new_digest = edited["status"]["digest"].as_str().expect("digest");
+    assert_eq!(
+        ctl::registry_digest(env, &image, "latest").as_deref(),
+        Some(new_digest)
+    );
+}
+
+#[test]
+fn deletion_policy_delete_removes_the_tags_from_gitea() {
+    let env = common::env();
+    drop(start());
+    let ns = ctl::namespace("e2e-delete");
+    let image = env.gitea_image(&common::unique_name("gone"));
+    env.kubectl_apply(&site_manifests(
+        &ns,
+        "gone",
+        &image,
+        "bye",
+        "  deletionPolicy: Delete",
+    ));
+    let ib = ctl::wait_settled(&ns, "gone", SETTLE);
+    assert_eq!(
+        ctl::ready(&ib).map(|r| r.0).as_deref(),
+        Some("True"),
+        "{ib:#}"
+    );
+    assert!(ctl::registry_digest(env, &image, "latest").is_some());
+
+    env.kubectl(&["delete", "imagebuild", "gone", "-n", &ns, "--timeout=60s"]);
+    assert_eq!(
+        ctl::registry_digest(env, &image, "latest"),
+        None,
+        "tag latest still served"
+    );
+    assert_eq!(
+        ctl::registry_digest(env, &image, "v1"),
+        None,
+        "tag v1 still served"
+    );
+}
+
+#[test]
+fn invalid_specs_are_refused_by_the_api_server_with_a_readable_message() {
+    let env = common::env();
+    let ns = ctl::namespace("e2e-invalid");
+    let cases = [
+        (
+            "image: Gitea.example/Owner/App",
+            "image must be a lower-case repository",
+        ),
+        ("image: gitea.example/owner/app:latest", "no tag"),
+        (
+            "image: gitea.example/owner/app\n  timeout: soon",
+            "timeout must be a positive duration",
+        ),
+        (
+            "image: gitea.example/owner/app\n  registry: {credentialsSecret: gitea/gitea-credential}",
+            "no namespace prefix",
+        ),
+    ];
+    for (spec, expected) in cases {
+        let manifest = format!(
+            "apiVersion: imagebuild.dev/v1alpha1\nkind: ImageBuild\nmetadata: {{name: bad, namespace: {ns}}}\nspec:\n  context: {{configMaps: [{{name: x}}]}}\n  {spec}\n"
+        );
+        let out = env.kubectl_stdin(&["apply", "-f", "-"], &manifest);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted: {spec}");
+        assert!(stderr.contains(expected), "{spec}: {stderr}");
+    }
+    let both = format!(
+        "apiVersion: imagebuild.dev/v1alpha1\nkind: ImageBuild\nmetadata: {{name: bad, namespace: {ns}}}\nspec:\n  context: {{configMaps: [{{name: x}}], persistentVolumeClaim: {{claimName: y}}}}\n  image: gitea.example/owner/app\n"
+    );
+    let out = env.kubectl_stdin(&["apply", "-f", "-"], &both);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("exactly one of configMaps or persistentVolumeClaim")
+    );
+}
+
+/// Applies an ImageBuild expected to fail; returns (reason, message) and checks the Warning event.
+fn expect_failure(ns: &str, name: &str, manifests: &str) -> (String, String) {
+    let env = common::env();
+    env.kubectl_apply(manifests);
+    let ib = ctl::wait_settled(ns, name, SETTLE);
+    let (ready, reason, message) = ctl::ready(&ib).expect("Ready condition");
+    assert_eq!(ready, "False", "{ib:#}");
+    let events = ctl::events(ns, name);
+    assert!(
+        events
+            .iter()
+            .any(|(t, r, _, _)| t == "Warning" && *r == reason),
+        "{events:?}"
+    );
+    for secret in [&env.gitea_password, &env.gitea_token] {
+        assert!(!message.contains(secret.as_str()), "secret in message");
+    }
+    (reason, message)
+}
+
+#[test]
+fn a_missing_configmap_fails_with_a_reason_that_names_it() {
+    let env = common::env();
+    drop(start());
+    let ns = ctl::namespace("e2e-nocm");
+    let image = env.gitea_image("nocm");
+    let (reason, message) = expect_failure(
+        &ns,
+        "nocm",
+        &format!(
+            "apiVersion: imagebuild.dev/v1alpha1\nkind: ImageBuild\nmetadata: {{name: nocm, namespace: {ns}}}\nspec:\n  context: {{configMaps: [{{name: absent}}]}}\n  image: {image}\n"
+        ),
+    );
+    assert_eq!(reason, "ConfigMapNotFound");
+    assert!(message.contains(&format!("{ns}/absent")), "{message}");
+}
+
+#[test]
+fn a_missing_credentials_secret_fails_with_a_reason_that_names_it() {
+    let env = common::env();
+    drop(start());
+    let ns = ctl::namespace("e2e-nosecret");
+    let image = env.gitea_image(&common::unique_name("nosecret"));
+    let manifests = site_manifests(
+        &ns,
+        "nosecret",
+        &image,
+        "x",
+        "  registry: {credentialsSecret: my-creds}",
+    );
+    let (reason, message) = expect_failure(&ns, "nosecret", &manifests);
+    assert_eq!(reason, "SecretNotFound");
+    assert!(
+        message.contains(&format!("{ns}/my-creds"))
+            && message.contains("spec.registry.credentialsSecret"),
+        "{message}"
+    );
+}
+
+#[test]
+fn the_secret_of_another_namespace_is_never_used() {
+    // Same name as the idpbuilder credentials Secret, but in the ImageBuild's namespace: absent.
+    let env = common::env();
+    drop(start());
+    let ns = ctl::namespace("e2e-otherns");
+    let image = env.gitea_image(&common::unique_name("otherns"));
+    let manifests = site_manifests(
+        &ns,
+        "otherns",
+        &image,
+        "x",
+        "  registry: {credentialsSecret: gitea-credential}",
+    );
+    let (reason, message) = expect_failure(&ns, "otherns", &manifests);
+    assert_eq!(reason, "SecretNotFound");
+    assert!(
+        message.contains(&format!("{ns}/gitea-credential")),
+        "{message}"
+    );
+}
+
+#[test]
+fn an_unknown_owner_fails_with_owner_not_found() {
+    let env = common::env();
+    drop(start());
+    let ns = ctl::namespace("e2e-owner");
+    let image = format!("{}/nosuchowner/app", env.gitea);
+    let (reason, message) =
+        expect_failure(&ns, "owner", &site_manifests(&ns, "owner", &image, "x", ""));
+    assert_eq!(reason, "OwnerNotFound", "{message}");
+    assert!(message.contains("nosuchowner"), "{message}");
+}
+
+#[test]
+fn a_wrong_password_fails_with_unauthorized_naming_the_secret() {
+    let env = common::env();
+    drop(start());
+    let ns = ctl::namespace("e2e-auth");
+    env.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "wrong",
+        "-n",
+        &ns,
+        "--type=kubernetes.io/basic-auth",
+        &format!("--from-literal=username={}", env.gitea_user),
+        "--from-literal=password=not:the@password",
+    ]);
+    let image = env.gitea_image(&common::unique_name("auth"));
+    let manifests = site_manifests(
+        &ns,
+        "auth",
+        &image,
+        "x",
+        "  registry: {credentialsSecret: wrong}",
+    );
+    let (reason, message) = expect_failure(&ns, "auth", &manifests);
+    assert_eq!(reason, "Unauthorized", "{message}");
+    assert!(message.contains(&format!("Secret {ns}/wrong")), "{message}");
+    assert!(!message.contains("not:the@password"));
+}
+
+#[test]
+fn metrics_count_builds_and_readyz_answers() {
+    drop(start());
+    let controller = start();
+    let metrics = controller.metrics();
+    assert!(metrics.contains("imagebuild_reconciles_total"), "{metrics}");
+    assert_eq!(
+        ctl::http_get(&controller.listen, "/healthz").map(|r| r.0),
+        Some(200)
+    );
+}
