@@ -10,6 +10,8 @@
 set -euo pipefail
 
 packages=(
+	# etcd for kube-apiserver (see ETCD_VERSION in versions.env)
+	etcd-server
 	# the second registry (CNCF distribution) and its htpasswd (bcrypt) file
 	docker-registry apache2-utils
 	# OCI clients used as judges by the tests

@@ -1,0 +1,274 @@
+//! Shared harness of the integration tests: the real test environment that
+//! `tests/env/up.sh` provides (etcd + kube-apiserver, Gitea over HTTPS with
+//! idpbuilder's kind of certificate, a second registry, kubectl and Helm).
+//!
+//! `env()` starts the environment when it is absent or unhealthy (up.sh takes
+//! a file lock, so parallel test binaries do not race) and reads the variables
+//! that up.sh writes to `target/testenv/env.sh`.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The running test environment, as described by `target/testenv/env.sh`.
+#[derive(Debug)]
+pub struct TestEnv {
+    /// State directory (`IMAGEBUILD_TESTENV_DIR`): certificates, logs, data.
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    /// Pinned Kubernetes version, e.g. `v1.34.4`; kubectl and the API server match it.
+    pub k8s_version: String,
+    pub helm_version: String,
+    /// `https://127.0.0.1:PORT`
+    pub apiserver: String,
+    /// Gitea's registry host and port, e.g. `gitea.cnoe.localtest.me:18443`.
+    pub gitea: String,
+    /// Gitea's certificate (self-signed, CA:TRUE, also the server certificate).
+    pub gitea_ca: PathBuf,
+    pub gitea_user: String,
+    /// The owner in image paths: the user name in lower case (`giteaadmin`).
+    pub gitea_owner: String,
+    pub gitea_password: String,
+    pub gitea_token: String,
+    /// The second registry (CNCF distribution), e.g. `registry.imagebuild.test:15000`.
+    pub registry: String,
+    pub registry_ca: PathBuf,
+    pub registry_user: String,
+    pub registry_password: String,
+    /// Every variable env.sh exports (PATH and KUBECONFIG included).
+    pub vars: BTreeMap<String, String>,
+}
+
+/// The repository root (where Cargo.toml is).
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn state_dir() -> PathBuf {
+    std::env::var_os("IMAGEBUILD_TESTENV_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/testenv"))
+}
+
+/// The test environment, started on first use in this test binary.
+pub fn env() -> &'static TestEnv {
+    static ENV: OnceLock<Result<TestEnv, String>> = OnceLock::new();
+    match ENV.get_or_init(start_and_load) {
+        Ok(env) => env,
+        Err(e) => panic!("test environment unavailable: {e}"),
+    }
+}
+
+fn start_and_load() -> Result<TestEnv, String> {
+    let scripts = repo_root().join("tests/env");
+    let healthy = Command::new("bash")
+        .arg(scripts.join("up.sh"))
+        .arg("--check")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("running up.sh --check: {e}"))?
+        .success();
+    if !healthy {
+        // The first run on a machine builds Kubernetes, Gitea and Helm: minutes.
+        // Progress goes to stderr, which the test runner shows on failure.
+        let out = Command::new("bash")
+            .arg(scripts.join("up.sh"))
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("running up.sh: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "tests/env/up.sh failed ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    TestEnv::load(&state_dir().join("env.sh"))
+}
+
+impl TestEnv {
+    /// Reads env.sh the way a shell does: sources it and dumps the environment.
+    pub fn load(env_sh: &Path) -> Result<TestEnv, String> {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(r#"source "$1" && env -0"#)
+            .arg("bash")
+            .arg(env_sh)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("sourcing {}: {e}", env_sh.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "sourcing {} failed: {}",
+                env_sh.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let vars: BTreeMap<String, String> = out
+            .stdout
+            .split(|b| *b == 0)
+            .filter_map(|entry| {
+                let entry = String::from_utf8_lossy(entry);
+                let (k, v) = entry.split_once('=')?;
+                (k == "PATH" || k == "KUBECONFIG" || k.starts_with("IMAGEBUILD_"))
+                    .then(|| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        let get = |k: &str| {
+            vars.get(k)
+                .cloned()
+                .ok_or_else(|| format!("{} does not set {k}", env_sh.display()))
+        };
+        Ok(TestEnv {
+            dir: get("IMAGEBUILD_TESTENV_DIR")?.into(),
+            kubeconfig: get("KUBECONFIG")?.into(),
+            k8s_version: get("IMAGEBUILD_TEST_K8S_VERSION")?,
+            helm_version: get("IMAGEBUILD_TEST_HELM_VERSION")?,
+            apiserver: get("IMAGEBUILD_TEST_APISERVER")?,
+            gitea: get("IMAGEBUILD_TEST_GITEA")?,
+            gitea_ca: get("IMAGEBUILD_TEST_GITEA_CA")?.into(),
+            gitea_user: get("IMAGEBUILD_TEST_GITEA_USER")?,
+            gitea_owner: get("IMAGEBUILD_TEST_GITEA_OWNER")?,
+            gitea_password: get("IMAGEBUILD_TEST_GITEA_PASSWORD")?,
+            gitea_token: get("IMAGEBUILD_TEST_GITEA_TOKEN")?,
+            registry: get("IMAGEBUILD_TEST_REGISTRY")?,
+            registry_ca: get("IMAGEBUILD_TEST_REGISTRY_CA")?.into(),
+            registry_user: get("IMAGEBUILD_TEST_REGISTRY_USER")?,
+            registry_password: get("IMAGEBUILD_TEST_REGISTRY_PASSWORD")?,
+            vars,
+        })
+    }
+
+    /// A command with the environment's variables applied; a bare program
+    /// name is looked up in env.sh's PATH (so `kubectl` is the pinned one).
+    pub fn cmd(&self, program: impl AsRef<OsStr>) -> Command {
+        let program = program.as_ref();
+        let resolved = if Path::new(program).components().count() == 1 {
+            self.which(program).unwrap_or_else(|| program.into())
+        } else {
+            program.into()
+        };
+        let mut cmd = Command::new(resolved);
+        cmd.envs(&self.vars).stdin(Stdio::null());
+        cmd
+    }
+
+    fn which(&self, program: &OsStr) -> Option<PathBuf> {
+        let path = self.vars.get("PATH")?;
+        std::env::split_paths(path)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    }
+
+    /// Runs kubectl and returns its stdout; fails the test with stderr otherwise.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        run_ok(self.cmd("kubectl").args(args))
+    }
+
+    /// Runs kubectl and returns the whole output, success or not.
+    pub fn kubectl_output(&self, args: &[&str]) -> Output {
+        output(self.cmd("kubectl").args(args))
+    }
+
+    /// Runs kubectl with `input` on stdin (e.g. `apply -f -`), whole output.
+    pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> Output {
+        output_with_stdin(self.cmd("kubectl").args(args), input.as_bytes())
+    }
+
+    /// Runs kubectl with `input` on stdin; fails the test unless it succeeds.
+    pub fn kubectl_apply(&self, input: &str) -> String {
+        let out = self.kubectl_stdin(&["apply", "-f", "-"], input);
+        check(out, "kubectl apply -f -")
+    }
+
+    /// `user:password` for Gitea (the password contains ':' and '@').
+    pub fn gitea_creds(&self) -> String {
+        format!("{}:{}", self.gitea_user, self.gitea_password)
+    }
+
+    pub fn registry_creds(&self) -> String {
+        format!("{}:{}", self.registry_user, self.registry_password)
+    }
+
+    /// `host:port/owner/name` in Gitea's registry.
+    pub fn gitea_image(&self, name: &str) -> String {
+        format!("{}/{}/{}", self.gitea, self.gitea_owner, name)
+    }
+
+    /// A directory holding `ca.crt` = `ca`, the layout skopeo's --cert-dir expects.
+    pub fn cert_dir(&self, ca: &Path) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::copy(ca, dir.path().join("ca.crt")).expect("copy CA");
+        dir
+    }
+}
+
+/// A name unique to this process and call, valid as a Kubernetes name and an
+/// image name (lower case, digits, '-').
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        % 1_000_000_000;
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// Runs a command to completion, capturing its output.
+pub fn output(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", describe(cmd)))
+}
+
+pub fn output_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", describe(cmd)));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Runs a command and returns stdout; fails the test with stderr otherwise.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let what = describe(cmd);
+    check(output(cmd), &what)
+}
+
+fn check(out: Output, what: &str) -> String {
+    if !out.status.success() {
+        panic!(
+            "{what} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
