@@ -125,7 +125,7 @@ impl RegistryClient {
         match response.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
-            _ => Err(self.error_from(&call, response).await),
+            _ => Err(self.explain_head(&call, response).await),
         }
     }
 

@@ -223,10 +223,20 @@ impl RegistryClient {
     /// One request, plus one immediate repetition with a fresh token when the registry answers
     /// 401 with a Bearer challenge (and the body can be sent again).
     pub(crate) async fn send_once(&self, call: &Call<'_>) -> Result<Response, RegistryError> {
+        // Refuse names the registry would refuse, with a message that suggests the fix.
+        if !call.repository.is_empty() {
+            crate::reference::validate_repository(call.repository)?;
+        }
         let mut token_refreshed = false;
+        let mut probed_anonymously = false;
         loop {
-            let auth = self.auth_for(call);
+            let auth = if probed_anonymously && !token_refreshed {
+                Auth::Anonymous
+            } else {
+                self.auth_for(call)
+            };
             let used_token = matches!(auth, Auth::Bearer(_));
+            let used_basic = matches!(auth, Auth::Basic(_));
             let request = self.build(call, auth)?;
             let response = self.execute(call, request).await?;
             let status = response.status();
@@ -235,12 +245,22 @@ impl RegistryClient {
                     self.inner.tokens.forget(call.repository, call.access);
                 }
                 let challenge = bearer_challenge(response.headers());
-                if let Some(challenge) = challenge.filter(|_| !token_refreshed) {
-                    token_refreshed = true;
-                    self.fetch_token(&challenge, call).await?;
-                    if call.body.replayable() {
+                let replayable = call.body.replayable();
+                match challenge {
+                    Some(challenge) if !token_refreshed => {
+                        token_refreshed = true;
+                        self.fetch_token(&challenge, call).await?;
+                        if replayable {
+                            continue;
+                        }
+                    }
+                    // Gitea refuses basic credentials on `/v2/` itself with a bare 401: ask
+                    // without them to learn where tokens come from, as docker login does.
+                    None if used_basic && replayable && !probed_anonymously => {
+                        probed_anonymously = true;
                         continue;
                     }
+                    _ => {}
                 }
                 return Err(self.error_from(call, response).await);
             }
@@ -473,6 +493,28 @@ impl RegistryClient {
             _ => Bytes::new(),
         };
         self.classify_with_wait(call, status, wait, &body)
+    }
+
+    /// HEAD answers carry no body, so the registry's error code is missing: ask again with GET
+    /// to learn it (e.g. Gitea's NAME_INVALID), falling back to the bare status.
+    pub(crate) async fn explain_head(&self, call: &Call<'_>, response: Response) -> RegistryError {
+        let status = response.status();
+        let wait = retry_after(response.headers());
+        let mut get = Call::new(
+            Method::GET,
+            call.url.clone(),
+            call.repository,
+            call.access,
+            call.operation,
+        );
+        get.reference = call.reference.clone();
+        get.headers = call.headers.clone();
+        match self.send_read(&get, SMALL_BODY_LIMIT).await {
+            Ok(fetched) if fetched.status == status => {
+                self.classify(call, status, wait, &fetched.body)
+            }
+            _ => self.classify(call, status, wait, b""),
+        }
     }
 
     /// Classifies a response whose body was already read.

@@ -104,7 +104,7 @@ impl RegistryClient {
                 // No digest header (rare): fall back to reading the manifest.
                 None => Ok(Some(self.get_manifest(repository, reference).await?.digest)),
             },
-            _ => Err(self.error_from(&call, response).await),
+            _ => Err(self.explain_head(&call, response).await),
         }
     }
 

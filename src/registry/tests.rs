@@ -200,7 +200,43 @@ async fn refused_credentials_fail_at_once_naming_user_and_source_but_not_the_pas
         !msg.contains(PASSWORD) && !format!("{err:?}").contains(PASSWORD),
         "{msg}"
     );
-    assert_eq!(server.recorded().len(), 1);
+    // One anonymous probe for a token challenge, then no retry.
+    let requests = server.recorded();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[1].header("authorization"), None);
+}
+
+#[tokio::test]
+async fn a_bare_401_to_basic_credentials_leads_to_the_token_flow() {
+    // Gitea answers basic credentials on `/v2/` itself with a 401 without challenge.
+    let server = TestServer::http(|r: &Recorded| {
+        let auth = r.header("authorization").unwrap_or_default().to_owned();
+        if r.target.starts_with("/v2/token") {
+            return Reply::status(200).body(r#"{"token":"tok"}"#);
+        }
+        match auth.as_str() {
+            "Bearer tok" => Reply::status(200),
+            "" => Reply::status(401).header(
+                "WWW-Authenticate",
+                r#"Bearer realm="/v2/token",service="container_registry",scope="*""#,
+            ),
+            _ => Reply::status(401),
+        }
+    })
+    .await;
+    client_for(&server, Some(credentials()))
+        .ping()
+        .await
+        .expect("token flow after the bare 401");
+    let token_request = server
+        .recorded()
+        .into_iter()
+        .find(|r| r.target.starts_with("/v2/token"))
+        .expect("token request");
+    assert_eq!(
+        token_request.header("authorization"),
+        Some(basic_header().as_str())
+    );
 }
 
 /// A registry that demands a bearer token and hands it out at `/v2/token`.
