@@ -21,14 +21,18 @@ const MAX_TAG_LEN: usize = 128;
 /// Why a string is not a valid image reference, repository or tag.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReferenceError {
+    /// Nothing was given.
     #[error("the image reference is empty: expected host[:port]/owner/name[:tag]")]
     Empty,
+    /// Only a host was given.
     #[error(
         "`{reference}` has no repository path after the registry host: expected host[:port]/owner/name"
     )]
     MissingRepository { reference: String },
+    /// The host or port part is malformed.
     #[error("`{host}` in `{reference}` is not a valid registry host[:port]")]
     InvalidHost { reference: String, host: String },
+    /// The repository has upper-case letters; the lower-case form is suggested.
     #[error(
         "repository `{repository}` must be lower case (registries refuse upper-case names): use `{suggestion}`"
     )]
@@ -36,23 +40,28 @@ pub enum ReferenceError {
         repository: String,
         suggestion: String,
     },
+    /// The repository path breaks the grammar.
     #[error(
         "repository `{repository}` is not valid: {reason} (components are lower-case letters and digits, \
          separated by `.`, `_`, `__` or dashes, joined by `/`)"
     )]
     InvalidRepository { repository: String, reason: String },
+    /// Host and path together exceed 255 characters.
     #[error(
         "`{reference}` is longer than {MAX_NAME_LEN} characters without its tag; use a shorter repository name"
     )]
     NameTooLong { reference: String },
+    /// The tag breaks the grammar.
     #[error(
         "tag `{tag}` is not valid: a tag is 1 to 128 letters, digits, `_`, `.` or `-`, and starts with a letter, digit or `_`"
     )]
     InvalidTag { tag: String },
+    /// The part after `@` is not a sha256 digest.
     #[error(
         "`{digest}` in `{reference}` is not a digest: expected sha256: followed by 64 lower-case hex digits"
     )]
     InvalidDigest { reference: String, digest: String },
+    /// A tag or digest where only a repository may be named.
     #[error(
         "`{reference}` names a tag or digest, but a repository without one is expected here (e.g. `{repository}`); list tags separately"
     )]
@@ -69,7 +78,9 @@ pub struct ImageRef {
     pub registry: String,
     /// Repository path inside the registry, e.g. `giteaadmin/hello`.
     pub repository: String,
+    /// Tag, if one was given.
     pub tag: Option<String>,
+    /// Digest, if one was given (it wins over the tag when fetching).
     pub digest: Option<Digest>,
 }
 

@@ -16,7 +16,9 @@ use serde::Deserialize;
 /// A username and password (or token) for one registry host.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
+    /// User name (Gitea: the user, not the lower-case owner of image paths).
     pub username: String,
+    /// Password or access token; never shown in messages or Debug output.
     pub password: String,
     /// Where they came from, for messages, e.g. `Secret gitea/gitea-credential` or `--username`.
     pub source: String,

@@ -12,15 +12,19 @@ use crate::reference::ReferenceError;
 /// label involved; they never contain a password or token.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// The client configuration itself is unusable (endpoint URL, TLS setup).
     #[error("registry configuration for {host} is invalid: {detail}")]
     InvalidConfig { host: String, detail: String },
 
+    /// The configured CA bytes are not usable certificates.
     #[error("the CA from {ca} cannot be used: {detail}")]
     InvalidCa { ca: String, detail: String },
 
+    /// A repository name or tag breaks the reference grammar (checked before sending).
     #[error(transparent)]
     InvalidReference(#[from] ReferenceError),
 
+    /// 401: credentials missing or refused.
     #[error("{}", unauthorized_message(host, repository, user.as_deref(), credentials_source.as_deref(), detail))]
     Unauthorized {
         host: String,
@@ -30,6 +34,7 @@ pub enum RegistryError {
         detail: String,
     },
 
+    /// 403: authenticated, but not allowed.
     #[error(
         "registry {host} denied {}access to `{repository}`{}: {detail}; give the user write access to the owner or use credentials that have it",
         user.as_deref().map(|u| format!("user `{u}` ")).unwrap_or_default(),
@@ -43,6 +48,7 @@ pub enum RegistryError {
         detail: String,
     },
 
+    /// Gitea: the owner (user or organisation) in the path does not exist.
     #[error(
         "owner `{owner}` does not exist on {host}: create the user or organisation, or fix `image` (repository `{repository}`)"
     )]
@@ -52,6 +58,7 @@ pub enum RegistryError {
         repository: String,
     },
 
+    /// The registry refused the repository name (NAME_INVALID).
     #[error(
         "registry {host} refused the repository name `{repository}`: {detail}; use a lower-case owner/name"
     )]
@@ -61,9 +68,11 @@ pub enum RegistryError {
         detail: String,
     },
 
+    /// The repository does not exist.
     #[error("repository `{repository}` does not exist on {host}")]
     RepositoryNotFound { host: String, repository: String },
 
+    /// No manifest under this tag or digest.
     #[error("image `{host}/{repository}:{reference}` not found: check the repository and tag")]
     ImageNotFound {
         host: String,
@@ -71,6 +80,7 @@ pub enum RegistryError {
         reference: String,
     },
 
+    /// The repository lacks this blob.
     #[error("blob {digest} not found in `{repository}` on {host}")]
     BlobNotFound {
         host: String,
@@ -78,6 +88,7 @@ pub enum RegistryError {
         digest: Digest,
     },
 
+    /// An index has no manifest for the wanted platform.
     #[error(
         "`{image}` has no image for platform {wanted}; it has: {}; set `platform` to one of these",
         if available.is_empty() { "none".to_owned() } else { available.join(", ") }
@@ -88,6 +99,7 @@ pub enum RegistryError {
         available: Vec<String>,
     },
 
+    /// The registry refused a manifest (invalid, unsupported kind, unknown blobs).
     #[error("registry {host} rejected the manifest for `{repository}`: {detail}")]
     ManifestRejected {
         host: String,
@@ -95,9 +107,11 @@ pub enum RegistryError {
         detail: String,
     },
 
+    /// An image we fetched cannot be used as a base (schema, media type, nesting).
     #[error("`{image}` is not a usable image: {detail}")]
     UnsupportedImage { image: String, detail: String },
 
+    /// Bytes did not hash to the digest they were supposed to have.
     #[error("digest mismatch for {what} from {host}: expected {expected}, got {actual}")]
     DigestMismatch {
         host: String,
@@ -106,6 +120,7 @@ pub enum RegistryError {
         actual: String,
     },
 
+    /// 413: a request body was too large for the registry or a proxy before it.
     #[error(
         "registry {host} refused a request body of {size} bytes as too large (413){}: {detail}",
         if *size > (1 << 30) { "; requests over 1 GiB are refused by many ingresses: lower the upload chunk size" } else { "" }
@@ -116,6 +131,7 @@ pub enum RegistryError {
         detail: String,
     },
 
+    /// The server certificate is not trusted by the configured CA (or the system's).
     #[error("{}", untrusted_message(host, ca, hint))]
     TlsUntrustedCertificate {
         host: String,
@@ -124,6 +140,7 @@ pub enum RegistryError {
         hint: String,
     },
 
+    /// The server certificate does not name the host we connected to.
     #[error(
         "the TLS certificate of {host} is not valid for the name `{server_name}`; it names: {}; connect by one of those names or use a certificate that includes `{server_name}`",
         if names.is_empty() { "no DNS or IP names".to_owned() } else { names.join(", ") }
@@ -134,11 +151,13 @@ pub enum RegistryError {
         names: Vec<String>,
     },
 
+    /// The server certificate is expired or not yet valid.
     #[error(
         "the TLS certificate of {host} is {detail}: renew the certificate (or check this machine's clock)"
     )]
     TlsCertificateExpired { host: String, detail: String },
 
+    /// Any other TLS failure (protocol, plain HTTP on an HTTPS endpoint).
     #[error(
         "TLS handshake with {host} failed: {detail}{}",
         if *plain_http_hint { "; is the endpoint plain HTTP? then configure it as http://" } else { "" }
@@ -149,6 +168,7 @@ pub enum RegistryError {
         plain_http_hint: bool,
     },
 
+    /// No connection at all: DNS failure, connection refused, no route.
     #[error(
         "cannot reach registry {host} at {endpoint}: {detail}; check the host name, port and that the registry is running"
     )]
@@ -158,6 +178,7 @@ pub enum RegistryError {
         detail: String,
     },
 
+    /// A connection broke in the middle of a request or response.
     #[error("connection to {host} failed during {operation}: {detail}")]
     ConnectionFailed {
         host: String,
@@ -165,6 +186,7 @@ pub enum RegistryError {
         detail: String,
     },
 
+    /// A request took longer than its time limit.
     #[error("{operation} on {host} timed out after {}s", timeout.as_secs())]
     Timeout {
         host: String,
@@ -172,6 +194,7 @@ pub enum RegistryError {
         timeout: Duration,
     },
 
+    /// 5xx: the registry (or its proxy) failed; retried before giving up.
     #[error("registry {host} is unavailable ({status}) during {operation}: {detail}")]
     RegistryUnavailable {
         host: String,
@@ -180,6 +203,7 @@ pub enum RegistryError {
         detail: String,
     },
 
+    /// 429 (or Docker Hub's TOOMANYREQUESTS): slow down.
     #[error(
         "registry {host} is rate limiting requests (429) during {operation}{}",
         retry_after.map(|d| format!("; it asks to retry after {}s", d.as_secs())).unwrap_or_default()
@@ -190,6 +214,7 @@ pub enum RegistryError {
         retry_after: Option<Duration>,
     },
 
+    /// A status the operation does not expect.
     #[error("registry {host} answered {operation} with {status}: {detail}")]
     UnexpectedResponse {
         host: String,
@@ -198,6 +223,7 @@ pub enum RegistryError {
         detail: String,
     },
 
+    /// A response we cannot read (missing header, bad JSON, oversized).
     #[error("registry {host} sent an invalid response to {operation}: {detail}")]
     InvalidResponse {
         host: String,
@@ -205,6 +231,7 @@ pub enum RegistryError {
         detail: String,
     },
 
+    /// A blob of the image has no bytes we can send (or they do not match it).
     #[error("cannot push {digest} to `{repository}`: {detail}")]
     MissingBlobSource {
         repository: String,
@@ -212,6 +239,7 @@ pub enum RegistryError {
         detail: String,
     },
 
+    /// A local blob file cannot be read.
     #[error("cannot read {path}: {source}")]
     LocalFile {
         path: String,

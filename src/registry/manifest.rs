@@ -27,6 +27,7 @@ const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 pub struct FetchedManifest {
     /// The exact bytes: their digest is the manifest's identity.
     pub bytes: Bytes,
+    /// From `Content-Type`, else the manifest's own `mediaType`.
     pub media_type: String,
     /// sha256 of `bytes`.
     pub digest: Digest,
@@ -117,6 +118,16 @@ impl RegistryClient {
         bytes: Bytes,
         media_type: &str,
     ) -> Result<Digest, RegistryError> {
+        if bytes.len() > MAX_MANIFEST_SIZE {
+            return Err(RegistryError::ManifestRejected {
+                host: self.host().to_owned(),
+                repository: repository.to_owned(),
+                detail: format!(
+                    "it has {} bytes; registries accept at most {MAX_MANIFEST_SIZE} (10 MiB)",
+                    bytes.len()
+                ),
+            });
+        }
         let ours = Digest::of(&bytes);
         let content_type =
             HeaderValue::from_str(media_type).map_err(|_| RegistryError::ManifestRejected {

@@ -49,7 +49,9 @@ pub struct RegistryConfig {
     pub trust: TrustConfig,
     /// Sent to this host only; `None` for anonymous access.
     pub credentials: Option<Credentials>,
+    /// How transient failures are retried.
     pub retry: RetryPolicy,
+    /// Time limits of requests.
     pub timeouts: Timeouts,
     /// Blobs larger than this are uploaded in chunks of at most this many bytes.
     pub max_request_body: u64,

@@ -856,6 +856,31 @@ async fn connecting_by_a_name_the_certificate_lacks_is_a_hostname_mismatch() {
 }
 
 #[tokio::test]
+async fn an_expired_pinned_certificate_is_reported_as_expired() {
+    let cert = self_signed_ca_cert(&["localhost"], (2020, 1, 1), (2021, 1, 1));
+    let server = TestServer::https(&cert.cert_pem, &cert.key_pem, |_| Reply::status(200)).await;
+    let trust = TrustConfig::from_pem(cert.cert_pem.as_bytes(), "ca").expect("pem");
+    let err = https_client(&server, "localhost", trust)
+        .ping()
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "TlsCertificateExpired");
+    assert!(err.to_string().contains("valid until 2021-01-01"), "{err}");
+}
+
+#[tokio::test]
+async fn an_oversized_manifest_is_refused_before_sending() {
+    let server = TestServer::http(|_| Reply::status(201)).await;
+    let huge = Bytes::from(vec![b' '; 10 * 1024 * 1024 + 1]);
+    let err = client_for(&server, None)
+        .put_manifest("o/app", "v1", huge, oci::MEDIA_TYPE_IMAGE_MANIFEST)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "ManifestRejected");
+    assert!(server.recorded().is_empty());
+}
+
+#[tokio::test]
 async fn a_ca_signed_server_certificate_is_accepted_with_the_ca_configured() {
     let (ca, leaf) = ca_and_leaf(&["localhost"]);
     let server = TestServer::https(&leaf.cert_pem, &leaf.key_pem, |_| Reply::status(200)).await;
