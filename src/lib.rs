@@ -14,5 +14,7 @@ pub mod layer;
 pub mod layout;
 pub mod metrics;
 pub mod oci;
+pub mod reference;
+pub mod registry;
 pub mod server;
 pub mod telemetry;

@@ -1,0 +1,844 @@
+//! The per-host client and its request machinery: authentication, retries and turning failures
+//! into [`RegistryError`]s that say what to fix.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, WWW_AUTHENTICATE};
+use reqwest::{Method, Response, StatusCode, Url};
+
+use super::auth::{self, Access, Challenge, Credentials, TokenCache, TokenResponse};
+use super::error::{Operation, RegistryError, ResponseContext, classify_response};
+use super::retry::{RetryPolicy, retry_after};
+use super::tls::{TrustConfig, find_rustls_error};
+use super::{RegistryConfig, Timeouts};
+
+/// Largest error or token body we read.
+const SMALL_BODY_LIMIT: usize = 64 * 1024;
+
+/// A client for one registry host. Cheap to clone; clones share connections and tokens.
+#[derive(Clone, Debug)]
+pub struct RegistryClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    host: String,
+    endpoint: Url,
+    http: reqwest::Client,
+    trust: TrustConfig,
+    credentials: Option<Credentials>,
+    retry: RetryPolicy,
+    timeouts: Timeouts,
+    max_request_body: u64,
+    tokens: TokenCache,
+}
+
+impl RegistryClient {
+    /// A client for `config.host`. Fails when the endpoint or TLS configuration is unusable.
+    pub fn new(config: RegistryConfig) -> Result<Self, RegistryError> {
+        let endpoint = endpoint_url(&config.host, config.endpoint.as_deref())?;
+        let tls = config.trust.client_config(&config.host)?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(config.timeouts.connect)
+            .tcp_keepalive(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("imagebuild/", env!("CARGO_PKG_VERSION")))
+            // reqwest drops Authorization when a redirect leaves the host (blob GETs may
+            // redirect to storage), so credentials stay with the registry.
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .build()
+            .map_err(|e| RegistryError::InvalidConfig {
+                host: config.host.clone(),
+                detail: format!("cannot create the HTTP client: {e}"),
+            })?;
+        if endpoint.scheme() == "http" && config.credentials.is_some() {
+            tracing::debug!(registry = %config.host, %endpoint, "credentials will travel over plain HTTP");
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                host: config.host,
+                endpoint,
+                http,
+                trust: config.trust,
+                credentials: config.credentials,
+                retry: config.retry,
+                timeouts: config.timeouts,
+                max_request_body: config.max_request_body.max(1),
+                tokens: TokenCache::default(),
+            }),
+        })
+    }
+
+    /// The registry host as in image references.
+    pub fn host(&self) -> &str {
+        &self.inner.host
+    }
+
+    /// Where requests go.
+    pub fn endpoint(&self) -> &Url {
+        &self.inner.endpoint
+    }
+
+    /// Whether TLS verification is off for this client (show it in status and events).
+    pub fn is_insecure(&self) -> bool {
+        self.inner.trust.is_insecure()
+    }
+
+    /// Where the trusted CA certificates came from.
+    pub fn trust_label(&self) -> &str {
+        self.inner.trust.label()
+    }
+
+    /// Where the credentials came from, if any.
+    pub fn credentials_source(&self) -> Option<&str> {
+        self.inner.credentials.as_ref().map(|c| c.source.as_str())
+    }
+
+    /// Checks that the registry answers and accepts our credentials (`GET /v2/`).
+    pub async fn ping(&self) -> Result<(), RegistryError> {
+        let call = Call::new(
+            Method::GET,
+            self.url("/v2/"),
+            "",
+            Access::Pull,
+            Operation::Ping,
+        );
+        let fetched = self.send_read(&call, SMALL_BODY_LIMIT).await?;
+        if fetched.status.is_success() {
+            Ok(())
+        } else {
+            Err(self.classify(&call, fetched.status, None, &fetched.body))
+        }
+    }
+
+    pub(crate) fn retry_policy(&self) -> &RetryPolicy {
+        &self.inner.retry
+    }
+
+    pub(crate) fn timeouts(&self) -> &Timeouts {
+        &self.inner.timeouts
+    }
+
+    pub(crate) fn max_request_body(&self) -> u64 {
+        self.inner.max_request_body
+    }
+
+    /// An absolute URL on the endpoint for `path` (which starts with `/v2/`).
+    pub(crate) fn url(&self, path: &str) -> Url {
+        let mut url = self.inner.endpoint.clone();
+        url.set_path(path);
+        url
+    }
+
+    /// Resolves a `Location` header: Gitea sends paths, distribution absolute URLs.
+    pub(crate) fn resolve_location(
+        &self,
+        headers: &HeaderMap,
+        operation: Operation,
+    ) -> Result<Url, RegistryError> {
+        let location = headers
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| self.invalid_response(operation, "no Location header"))?;
+        self.inner.endpoint.join(location).map_err(|e| {
+            self.invalid_response(operation, &format!("bad Location `{location}`: {e}"))
+        })
+    }
+
+    pub(crate) fn invalid_response(&self, operation: Operation, detail: &str) -> RegistryError {
+        RegistryError::InvalidResponse {
+            host: self.inner.host.clone(),
+            operation: operation.describe().to_owned(),
+            detail: detail.to_owned(),
+        }
+    }
+
+    /// Sends `call`, retrying transient failures. Returns any response that is not a 401 or a
+    /// transient failure; the caller decides what its status means.
+    pub(crate) async fn send(&self, call: &Call<'_>) -> Result<Response, RegistryError> {
+        self.with_retries(async || self.send_once(call).await).await
+    }
+
+    /// Sends `call` and reads its body (at most `limit` bytes), retrying transient failures,
+    /// truncated bodies included.
+    pub(crate) async fn send_read(
+        &self,
+        call: &Call<'_>,
+        limit: usize,
+    ) -> Result<Fetched, RegistryError> {
+        self.with_retries(async || {
+            let response = self.send_once(call).await?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let url = response.url().clone();
+            let body = self.read_body(response, limit, call.operation).await?;
+            Ok(Fetched {
+                status,
+                headers,
+                url,
+                body,
+            })
+        })
+        .await
+    }
+
+    /// Runs `once` until it succeeds, fails permanently, or the retry policy gives up.
+    pub(crate) async fn with_retries<T>(
+        &self,
+        mut once: impl AsyncFnMut() -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let policy = &self.inner.retry;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let error = match once().await {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            if !self.should_retry(&error, attempt) {
+                return Err(error);
+            }
+            let delay = policy.delay(attempt, error.retry_after());
+            tracing::debug!(registry = %self.inner.host, attempt, ?delay, %error, "retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Whether attempt number `attempt`, which failed with `error`, may be followed by another.
+    pub(crate) fn should_retry(&self, error: &RegistryError, attempt: u32) -> bool {
+        let policy = &self.inner.retry;
+        let limit = match error {
+            RegistryError::Unreachable { .. } => policy.unreachable_attempts,
+            e if e.is_transient() => policy.max_attempts,
+            _ => 1,
+        };
+        attempt < limit && policy.accepts_retry_after(error.retry_after())
+    }
+
+    /// One request, plus one immediate repetition with a fresh token when the registry answers
+    /// 401 with a Bearer challenge (and the body can be sent again).
+    pub(crate) async fn send_once(&self, call: &Call<'_>) -> Result<Response, RegistryError> {
+        // Refuse names the registry would refuse, with a message that suggests the fix.
+        if !call.repository.is_empty() {
+            crate::reference::validate_repository(call.repository)?;
+        }
+        let mut token_refreshed = false;
+        let mut probed_anonymously = false;
+        loop {
+            let auth = if probed_anonymously && !token_refreshed {
+                Auth::Anonymous
+            } else {
+                self.auth_for(call)
+            };
+            let used_token = matches!(auth, Auth::Bearer(_));
+            let used_basic = matches!(auth, Auth::Basic(_));
+            let request = self.build(call, auth)?;
+            let response = self.execute(call, request).await?;
+            let status = response.status();
+            if status == StatusCode::UNAUTHORIZED {
+                if used_token {
+                    self.inner.tokens.forget(call.repository, call.access);
+                }
+                let challenge = bearer_challenge(response.headers());
+                let replayable = call.body.replayable();
+                match challenge {
+                    Some(challenge) if !token_refreshed => {
+                        token_refreshed = true;
+                        self.fetch_token(&challenge, call).await?;
+                        if replayable {
+                            continue;
+                        }
+                    }
+                    // Gitea refuses basic credentials on `/v2/` itself with a bare 401: ask
+                    // without them to learn where tokens come from, as docker login does.
+                    None if used_basic && replayable && !probed_anonymously => {
+                        probed_anonymously = true;
+                        continue;
+                    }
+                    _ => {}
+                }
+                return Err(self.error_from(call, response).await);
+            }
+            if is_transient_status(status) {
+                return Err(self.error_from(call, response).await);
+            }
+            return Ok(response);
+        }
+    }
+
+    async fn execute(
+        &self,
+        call: &Call<'_>,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Response, RegistryError> {
+        let pending = request.send();
+        let limit = self.limit_of(call.timeout);
+        let result = match call.timeout {
+            CallTimeout::Request | CallTimeout::Upload(_) => pending.await,
+            // Streams without a total limit still get one for the response headers.
+            CallTimeout::Stream => tokio::time::timeout(limit, pending)
+                .await
+                .map_err(|_| self.timeout(call.operation, limit))?,
+        };
+        result.map_err(|e| self.transport_error(e, call.operation, Some(limit)))
+    }
+
+    fn build(
+        &self,
+        call: &Call<'_>,
+        auth: Auth<'_>,
+    ) -> Result<reqwest::RequestBuilder, RegistryError> {
+        let mut request = self
+            .inner
+            .http
+            .request(call.method.clone(), call.url.clone())
+            .headers(call.headers.clone());
+        if call.timeout != CallTimeout::Stream {
+            request = request.timeout(self.limit_of(call.timeout));
+        }
+        request = match auth {
+            Auth::Anonymous => request,
+            Auth::Basic(c) => request.basic_auth(&c.username, Some(&c.password)),
+            Auth::Bearer(token) => request.bearer_auth(token),
+        };
+        let request = match &call.body {
+            CallBody::Empty if call.method == Method::GET || call.method == Method::HEAD => request,
+            // An explicit empty body gives `Content-Length: 0`, which some proxies require.
+            CallBody::Empty => request.body(Bytes::new()),
+            CallBody::Bytes(bytes) => request.body(bytes.clone()),
+            CallBody::Stream(slot) => {
+                let body = slot.lock().ok().and_then(|mut s| s.take()).ok_or_else(|| {
+                    self.invalid_response(call.operation, "internal: streamed body sent twice")
+                })?;
+                request.body(body)
+            }
+        };
+        Ok(request)
+    }
+
+    /// Which credentials go with `call`: none unless it goes to our own endpoint.
+    fn auth_for(&self, call: &Call<'_>) -> Auth<'_> {
+        if !same_origin(&call.url, &self.inner.endpoint) {
+            return Auth::Anonymous;
+        }
+        if let Some(token) = self.inner.tokens.get(call.repository, call.access) {
+            return Auth::Bearer(token);
+        }
+        match &self.inner.credentials {
+            Some(c) => Auth::Basic(c),
+            None => Auth::Anonymous,
+        }
+    }
+
+    /// Fetches and caches a token for `call`'s repository and access as `challenge` asks.
+    async fn fetch_token(
+        &self,
+        challenge: &Challenge,
+        call: &Call<'_>,
+    ) -> Result<(), RegistryError> {
+        let Some(realm) = challenge.param("realm") else {
+            return Err(self.invalid_response(Operation::Token, "Bearer challenge without realm"));
+        };
+        let scope = challenge
+            .param("scope")
+            .map(str::to_owned)
+            .unwrap_or_else(|| auth::scope(call.repository, call.access));
+        let endpoints = auth::token_endpoints(
+            realm,
+            &self.inner.host,
+            &self.inner.endpoint,
+            self.inner.credentials.is_some(),
+        );
+        for endpoint in endpoints {
+            let mut url = endpoint.url.clone();
+            {
+                let mut query = url.query_pairs_mut();
+                if let Some(service) = challenge.param("service") {
+                    query.append_pair("service", service);
+                }
+                query.append_pair("scope", &scope);
+            }
+            let credentials = self
+                .inner
+                .credentials
+                .as_ref()
+                .filter(|_| endpoint.with_credentials);
+            let fetched = self.get_token(&url, credentials).await?;
+            match fetched.status.as_u16() {
+                200 => {
+                    let parsed: TokenResponse =
+                        serde_json::from_slice(&fetched.body).map_err(|e| {
+                            self.invalid_response(
+                                Operation::Token,
+                                &format!("token is not JSON: {e}"),
+                            )
+                        })?;
+                    let (token, lifetime) = parsed.into_token().ok_or_else(|| {
+                        self.invalid_response(Operation::Token, "no token in the answer")
+                    })?;
+                    self.inner
+                        .tokens
+                        .put(call.repository, call.access, token, lifetime);
+                    return Ok(());
+                }
+                // No token service at this address: try the next candidate.
+                404 | 405 => continue,
+                status => {
+                    let ctx = self.context(call, Operation::Token, credentials);
+                    return Err(classify_response(&ctx, status, None, &fetched.body));
+                }
+            }
+        }
+        let ctx = self.context(call, Operation::Token, self.inner.credentials.as_ref());
+        Err(classify_response(
+            &ctx,
+            401,
+            None,
+            format!("no usable token endpoint for realm {realm}").as_bytes(),
+        ))
+    }
+
+    async fn get_token(
+        &self,
+        url: &Url,
+        credentials: Option<&Credentials>,
+    ) -> Result<Fetched, RegistryError> {
+        let timeout = self.inner.timeouts.request;
+        self.with_retries(async || {
+            let mut request = self.inner.http.get(url.clone()).timeout(timeout);
+            if let Some(c) = credentials {
+                request = request.basic_auth(&c.username, Some(&c.password));
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| self.transport_error(e, Operation::Token, Some(timeout)))?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let response_url = response.url().clone();
+            let body = self
+                .read_body(response, SMALL_BODY_LIMIT, Operation::Token)
+                .await?;
+            if is_transient_status(status) {
+                let ctx = ResponseContext {
+                    host: &self.inner.host,
+                    repository: "",
+                    operation: Operation::Token,
+                    reference: None,
+                    user: None,
+                    credentials_source: None,
+                    body_size: None,
+                };
+                return Err(classify_response(
+                    &ctx,
+                    status.as_u16(),
+                    retry_after(&headers),
+                    &body,
+                ));
+            }
+            Ok(Fetched {
+                status,
+                headers,
+                url: response_url,
+                body,
+            })
+        })
+        .await
+    }
+
+    /// Reads a whole body of at most `limit` bytes.
+    pub(crate) async fn read_body(
+        &self,
+        response: Response,
+        limit: usize,
+        operation: Operation,
+    ) -> Result<Bytes, RegistryError> {
+        if response.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(self.invalid_response(
+                operation,
+                &format!("the body is larger than the {limit} bytes allowed"),
+            ));
+        }
+        let mut body = BytesMut::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.transport_error(e, operation, None))?;
+            if body.len() + chunk.len() > limit {
+                return Err(self.invalid_response(
+                    operation,
+                    &format!("the body is larger than the {limit} bytes allowed"),
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    }
+
+    /// Turns an unexpected response into the error that explains it.
+    pub(crate) async fn error_from(&self, call: &Call<'_>, response: Response) -> RegistryError {
+        let status = response.status();
+        let wait = retry_after(response.headers());
+        let body = match tokio::time::timeout(
+            Duration::from_secs(10),
+            self.read_body(response, SMALL_BODY_LIMIT, call.operation),
+        )
+        .await
+        {
+            Ok(Ok(body)) => body,
+            _ => Bytes::new(),
+        };
+        self.classify_with_wait(call, status, wait, &body)
+    }
+
+    /// HEAD answers carry no body, so the registry's error code is missing: ask again with GET
+    /// to learn it (e.g. Gitea's NAME_INVALID), falling back to the bare status.
+    pub(crate) async fn explain_head(&self, call: &Call<'_>, response: Response) -> RegistryError {
+        let status = response.status();
+        let wait = retry_after(response.headers());
+        let mut get = Call::new(
+            Method::GET,
+            call.url.clone(),
+            call.repository,
+            call.access,
+            call.operation,
+        );
+        get.reference = call.reference.clone();
+        get.headers = call.headers.clone();
+        match self.send_read(&get, SMALL_BODY_LIMIT).await {
+            Ok(fetched) if fetched.status == status => {
+                self.classify(call, status, wait, &fetched.body)
+            }
+            _ => self.classify(call, status, wait, b""),
+        }
+    }
+
+    /// Classifies a response whose body was already read.
+    pub(crate) fn classify(
+        &self,
+        call: &Call<'_>,
+        status: StatusCode,
+        wait: Option<Duration>,
+        body: &[u8],
+    ) -> RegistryError {
+        self.classify_with_wait(call, status, wait, body)
+    }
+
+    fn classify_with_wait(
+        &self,
+        call: &Call<'_>,
+        status: StatusCode,
+        wait: Option<Duration>,
+        body: &[u8],
+    ) -> RegistryError {
+        let ctx = self.context(call, call.operation, self.inner.credentials.as_ref());
+        classify_response(&ctx, status.as_u16(), wait, body)
+    }
+
+    fn context<'a>(
+        &'a self,
+        call: &'a Call<'_>,
+        operation: Operation,
+        credentials: Option<&'a Credentials>,
+    ) -> ResponseContext<'a> {
+        ResponseContext {
+            host: &self.inner.host,
+            repository: call.repository,
+            operation,
+            reference: call.reference.as_deref(),
+            user: credentials.map(|c| c.username.as_str()),
+            credentials_source: credentials.map(|c| c.source.as_str()),
+            body_size: call.body_size,
+        }
+    }
+
+    fn limit_of(&self, timeout: CallTimeout) -> Duration {
+        match timeout {
+            CallTimeout::Request | CallTimeout::Stream => self.inner.timeouts.request,
+            CallTimeout::Upload(bytes) => self.inner.timeouts.for_upload(bytes),
+        }
+    }
+
+    pub(crate) fn timeout(&self, operation: Operation, timeout: Duration) -> RegistryError {
+        RegistryError::Timeout {
+            host: self.inner.host.clone(),
+            operation: operation.describe().to_owned(),
+            timeout,
+        }
+    }
+
+    /// Classifies a failure below HTTP: TLS, unreachable host, timeout, broken connection.
+    pub(crate) fn transport_error(
+        &self,
+        error: reqwest::Error,
+        operation: Operation,
+        timeout: Option<Duration>,
+    ) -> RegistryError {
+        let host = self.inner.host.clone();
+        tracing::trace!(?error, "transport error");
+        if let Some(tls) = find_rustls_error(&error) {
+            let server_name = self.inner.endpoint.host_str().unwrap_or_default();
+            return self.inner.trust.classify(&host, server_name, tls);
+        }
+        if error.is_timeout() {
+            return self.timeout(operation, timeout.unwrap_or(self.inner.timeouts.request));
+        }
+        let is_connect = error.is_connect();
+        let detail = error_chain(&error.without_url());
+        if is_connect {
+            return RegistryError::Unreachable {
+                host,
+                endpoint: self.inner.endpoint.to_string(),
+                detail,
+            };
+        }
+        RegistryError::ConnectionFailed {
+            host,
+            operation: operation.describe().to_owned(),
+            detail,
+        }
+    }
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub(crate) struct Fetched {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    #[allow(dead_code)]
+    pub url: Url,
+    pub body: Bytes,
+}
+
+/// One request to the registry, described so that it can be sent again.
+pub(crate) struct Call<'a> {
+    pub method: Method,
+    pub url: Url,
+    /// Repository the request is about (auth scope and messages); empty for the registry root.
+    pub repository: &'a str,
+    pub access: Access,
+    pub operation: Operation,
+    /// Tag or digest, for messages.
+    pub reference: Option<String>,
+    pub headers: HeaderMap,
+    pub body: CallBody,
+    pub timeout: CallTimeout,
+    /// Size of the request body, for "too large" messages.
+    pub body_size: Option<u64>,
+}
+
+impl<'a> Call<'a> {
+    pub fn new(
+        method: Method,
+        url: Url,
+        repository: &'a str,
+        access: Access,
+        operation: Operation,
+    ) -> Self {
+        Self {
+            method,
+            url,
+            repository,
+            access,
+            operation,
+            reference: None,
+            headers: HeaderMap::new(),
+            body: CallBody::Empty,
+            timeout: CallTimeout::Request,
+            body_size: None,
+        }
+    }
+
+    pub fn reference(mut self, reference: impl Into<String>) -> Self {
+        self.reference = Some(reference.into());
+        self
+    }
+
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// Limit only the wait for the response headers: the caller reads the body as a stream.
+    pub fn streamed_response(mut self) -> Self {
+        self.timeout = CallTimeout::Stream;
+        self
+    }
+
+    pub fn bytes(mut self, body: Bytes) -> Self {
+        self.body_size = Some(body.len() as u64);
+        self.timeout = CallTimeout::Upload(body.len() as u64);
+        self.body = CallBody::Bytes(body);
+        self
+    }
+
+    /// A body that can be sent only once (streamed from a file or another registry).
+    pub fn stream(mut self, body: reqwest::Body, size: u64) -> Self {
+        self.body_size = Some(size);
+        self.timeout = CallTimeout::Upload(size);
+        self.body = CallBody::Stream(Mutex::new(Some(body)));
+        self
+    }
+}
+
+/// How long a [`Call`] may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallTimeout {
+    /// The whole exchange within [`Timeouts::request`].
+    Request,
+    /// Sending this many bytes, at no less than [`Timeouts::min_transfer_rate`].
+    Upload(u64),
+    /// Only the wait for response headers; the body is read as a stream with idle timeouts.
+    Stream,
+}
+
+/// The body of a [`Call`].
+pub(crate) enum CallBody {
+    Empty,
+    Bytes(Bytes),
+    Stream(Mutex<Option<reqwest::Body>>),
+}
+
+impl CallBody {
+    fn replayable(&self) -> bool {
+        !matches!(self, CallBody::Stream(_))
+    }
+}
+
+enum Auth<'a> {
+    Anonymous,
+    Basic(&'a Credentials),
+    Bearer(String),
+}
+
+fn bearer_challenge(headers: &HeaderMap) -> Option<Challenge> {
+    Challenge::bearer(
+        headers
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
+}
+
+/// Statuses worth trying again: the registry or a proxy in front of it is overloaded or restarting.
+fn is_transient_status(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
+}
+
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// `https://<host>` unless configured; Docker Hub's API lives on another name than its references.
+fn endpoint_url(host: &str, endpoint: Option<&str>) -> Result<Url, RegistryError> {
+    let invalid = |detail: String| RegistryError::InvalidConfig {
+        host: host.to_owned(),
+        detail,
+    };
+    let text = match endpoint {
+        Some(e) => e.trim().to_owned(),
+        None if host == crate::reference::DEFAULT_REGISTRY => {
+            "https://registry-1.docker.io".to_owned()
+        }
+        None => format!("https://{host}"),
+    };
+    // Never echo an endpoint that may carry credentials.
+    let shown = if text.contains('@') {
+        "(redacted)".to_owned()
+    } else {
+        text.clone()
+    };
+    let url = Url::parse(&text).map_err(|e| {
+        invalid(format!(
+            "endpoint `{shown}` is not a URL ({e}); expected e.g. https://{host} or http://service.namespace.svc:3000"
+        ))
+    })?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            "the endpoint URL must not contain credentials; configure them separately".to_owned(),
+        ));
+    }
+    let text = shown;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(invalid(format!(
+            "endpoint `{text}` must be an http:// or https:// URL with a host"
+        )));
+    }
+    if !matches!(url.path(), "" | "/") || url.query().is_some() {
+        return Err(invalid(format!(
+            "endpoint `{text}` must not have a path or query: registries serve /v2/ at the root"
+        )));
+    }
+    Ok(url)
+}
+
+/// The messages of an error and its sources, without repeats.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current = Some(error);
+    while let Some(e) = current {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        current = e.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_defaults_to_https_on_the_host() {
+        let url = endpoint_url("gitea.cnoe.localtest.me:8443", None).expect("url");
+        assert_eq!(url.as_str(), "https://gitea.cnoe.localtest.me:8443/");
+    }
+
+    #[test]
+    fn endpoint_may_be_plain_http_in_cluster() {
+        let url = endpoint_url(
+            "gitea.cnoe.localtest.me:8443",
+            Some("http://my-gitea-http.gitea.svc.cluster.local:3000"),
+        )
+        .expect("url");
+        assert_eq!(url.scheme(), "http");
+    }
+
+    #[test]
+    fn endpoint_with_a_path_is_refused() {
+        let err = endpoint_url("h", Some("https://cnoe.localtest.me:8443/gitea")).unwrap_err();
+        assert_eq!(err.reason(), "InvalidRegistryConfig");
+        assert!(err.to_string().contains("/v2/ at the root"), "{err}");
+    }
+
+    #[test]
+    fn endpoint_with_credentials_is_refused_without_echoing_them() {
+        let err = endpoint_url("h", Some("https://user:hunter2@h")).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn docker_hub_references_go_to_its_api_host() {
+        let url = endpoint_url("docker.io", None).expect("url");
+        assert_eq!(url.host_str(), Some("registry-1.docker.io"));
+    }
+
+    #[test]
+    fn origins_compare_scheme_host_and_port() {
+        let a = Url::parse("https://h:443/v2/x").expect("url");
+        assert!(same_origin(&a, &Url::parse("https://h/").expect("url")));
+        assert!(!same_origin(&a, &Url::parse("http://h:443/").expect("url")));
+        assert!(!same_origin(
+            &a,
+            &Url::parse("https://other/").expect("url")
+        ));
+    }
+}

@@ -1,0 +1,246 @@
+//! Pushing a built image: every blob the registry lacks (uploaded, mounted from the base
+//! repository, or copied from the base registry), then the manifest under each tag. The manifest
+//! goes last, so a failure leaves no tag pointing at an incomplete image.
+
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+
+use super::Progress;
+use super::blob::UploadStart;
+use super::client::RegistryClient;
+use super::error::RegistryError;
+use crate::oci::{BaseImage, Blob, BlobLocation, BuiltImage, Digest};
+use crate::reference::validate_tag;
+
+/// Blob transfers running at once: enough to overlap a small config with a large layer, few
+/// enough not to crowd a laptop's registry.
+const PARALLEL_BLOBS: usize = 2;
+
+/// What a push did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushReport {
+    /// The manifest digest as the registry reported it.
+    pub manifest_digest: Digest,
+    /// Blobs sent from local files or memory.
+    pub blobs_uploaded: usize,
+    /// Bytes sent, uploads and copies together.
+    pub bytes_uploaded: u64,
+    /// Blobs the repository already had.
+    pub blobs_skipped: usize,
+    /// Base layers linked from the base repository on the same registry.
+    pub blobs_mounted: usize,
+    /// Base layers streamed from the base repository (another registry, or a refused mount).
+    pub blobs_copied: usize,
+}
+
+/// How one blob reached the registry.
+enum BlobOutcome {
+    Skipped,
+    Uploaded(u64),
+    Mounted,
+    Copied(u64),
+}
+
+/// Pushes `image` to `repository` on `client` and tags it with each of `tags` (none: the
+/// manifest is stored by digest only). `base_client` reaches the base image's registry when it is
+/// not `client`'s.
+pub async fn push_image(
+    client: &RegistryClient,
+    repository: &str,
+    image: &BuiltImage,
+    tags: &[String],
+    base_client: Option<&RegistryClient>,
+    progress: Arc<dyn Progress>,
+) -> Result<PushReport, RegistryError> {
+    for tag in tags {
+        validate_tag(tag)?;
+    }
+    let outcomes: Vec<BlobOutcome> = futures::stream::iter(unique_blobs(image))
+        .map(|blob| {
+            push_one(
+                client,
+                repository,
+                image,
+                blob,
+                base_client,
+                progress.clone(),
+            )
+        })
+        .buffer_unordered(PARALLEL_BLOBS)
+        .try_collect()
+        .await?;
+    let manifest_digest = put_manifest_everywhere(client, repository, image, tags).await?;
+    let report = summarise(manifest_digest, &outcomes);
+    tracing::info!(
+        registry = %client.host(),
+        %repository,
+        digest = %report.manifest_digest,
+        uploaded = report.blobs_uploaded,
+        copied = report.blobs_copied,
+        mounted = report.blobs_mounted,
+        skipped = report.blobs_skipped,
+        bytes = report.bytes_uploaded,
+        "pushed image"
+    );
+    Ok(report)
+}
+
+/// Config and layers, each digest once (identical layers may repeat).
+fn unique_blobs(image: &BuiltImage) -> Vec<&Blob> {
+    let mut seen = std::collections::HashSet::new();
+    std::iter::once(&image.config)
+        .chain(&image.layers)
+        .filter(|b| seen.insert(b.descriptor.digest.clone()))
+        .collect()
+}
+
+async fn push_one(
+    client: &RegistryClient,
+    repository: &str,
+    image: &BuiltImage,
+    blob: &Blob,
+    base_client: Option<&RegistryClient>,
+    progress: Arc<dyn Progress>,
+) -> Result<BlobOutcome, RegistryError> {
+    let digest = &blob.descriptor.digest;
+    if client.blob_exists(repository, digest).await? {
+        return Ok(BlobOutcome::Skipped);
+    }
+    match &blob.location {
+        BlobLocation::File(_) | BlobLocation::Bytes(_) => {
+            let pushed = client.push_blob(repository, blob, progress).await?;
+            Ok(BlobOutcome::Uploaded(pushed.uploaded_bytes))
+        }
+        BlobLocation::Base => {
+            let base = image
+                .base
+                .as_ref()
+                .ok_or_else(|| RegistryError::MissingBlobSource {
+                    repository: repository.to_owned(),
+                    digest: digest.clone(),
+                    detail: "it is marked as a base-image layer but the image records no base"
+                        .to_owned(),
+                })?;
+            transfer_base_layer(client, repository, blob, base, base_client, progress).await
+        }
+    }
+}
+
+/// Mounts a base layer from the base repository when both live on this registry (copying it
+/// through when the registry declines), else streams it over from the base registry.
+async fn transfer_base_layer(
+    client: &RegistryClient,
+    repository: &str,
+    blob: &Blob,
+    base: &BaseImage,
+    base_client: Option<&RegistryClient>,
+    progress: Arc<dyn Progress>,
+) -> Result<BlobOutcome, RegistryError> {
+    let descriptor = &blob.descriptor;
+    let base_path = base_repository_path(base);
+    if base.registry == client.host() {
+        let start = client
+            .start_upload(repository, Some((&descriptor.digest, base_path)))
+            .await?;
+        return match start {
+            UploadStart::Mounted => Ok(BlobOutcome::Mounted),
+            UploadStart::Session(session) => {
+                let pushed = client
+                    .copy_blob(
+                        repository,
+                        descriptor,
+                        client,
+                        base_path,
+                        progress,
+                        Some(session),
+                    )
+                    .await?;
+                Ok(BlobOutcome::Copied(pushed.uploaded_bytes))
+            }
+        };
+    }
+    let source = base_client
+        .filter(|c| c.host() == base.registry)
+        .ok_or_else(|| RegistryError::MissingBlobSource {
+            repository: repository.to_owned(),
+            digest: descriptor.digest.clone(),
+            detail: format!(
+                "it is a layer of the base image on {}, and no client for that registry was given",
+                base.registry
+            ),
+        })?;
+    let pushed = client
+        .copy_blob(repository, descriptor, source, base_path, progress, None)
+        .await?;
+    Ok(BlobOutcome::Copied(pushed.uploaded_bytes))
+}
+
+/// `owner/base` of `registry/owner/base`.
+fn base_repository_path(base: &BaseImage) -> &str {
+    base.repository
+        .strip_prefix(&base.registry)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .unwrap_or(&base.repository)
+}
+
+/// Puts the manifest under every tag (or by digest when there are none), checking that the
+/// registry's digest is the one the image was built with.
+async fn put_manifest_everywhere(
+    client: &RegistryClient,
+    repository: &str,
+    image: &BuiltImage,
+    tags: &[String],
+) -> Result<Digest, RegistryError> {
+    let digest_reference = [image.manifest_digest.to_string()];
+    let references = if tags.is_empty() {
+        &digest_reference[..]
+    } else {
+        tags
+    };
+    for reference in references {
+        let digest = client
+            .put_manifest(
+                repository,
+                reference,
+                image.manifest.clone(),
+                &image.manifest_media_type,
+            )
+            .await?;
+        if digest != image.manifest_digest {
+            return Err(RegistryError::DigestMismatch {
+                host: client.host().to_owned(),
+                what: format!("manifest of `{repository}` (as built)"),
+                expected: image.manifest_digest.to_string(),
+                actual: digest.to_string(),
+            });
+        }
+    }
+    Ok(image.manifest_digest.clone())
+}
+
+fn summarise(manifest_digest: Digest, outcomes: &[BlobOutcome]) -> PushReport {
+    let mut report = PushReport {
+        manifest_digest,
+        blobs_uploaded: 0,
+        bytes_uploaded: 0,
+        blobs_skipped: 0,
+        blobs_mounted: 0,
+        blobs_copied: 0,
+    };
+    for outcome in outcomes {
+        match outcome {
+            BlobOutcome::Skipped => report.blobs_skipped += 1,
+            BlobOutcome::Mounted => report.blobs_mounted += 1,
+            BlobOutcome::Uploaded(bytes) => {
+                report.blobs_uploaded += 1;
+                report.bytes_uploaded += bytes;
+            }
+            BlobOutcome::Copied(bytes) => {
+                report.blobs_copied += 1;
+                report.bytes_uploaded += bytes;
+            }
+        }
+    }
+    report
+}
