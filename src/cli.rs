@@ -9,11 +9,10 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use serde::Deserialize;
 
 use crate::api::ImageBuild;
-use crate::build::{
-    BuildError, CaBundle, ContextFile, ContextSource, RegistryAccess, RegistryCredentials,
-};
+use crate::build::{BuildError, CaBundle, ContextFile, ContextSource, RegistryAccess};
 use crate::controller::StartError;
 use crate::controller::error::Error as ControllerError;
+use crate::registry::Credentials;
 
 /// Exit codes, one per kind of failure, so scripts can tell them apart.
 pub mod exit {
@@ -120,7 +119,7 @@ impl RegistryFlags {
             });
         }
         if let Some(username) = &self.username {
-            access.credentials = Some(RegistryCredentials {
+            access.credentials = Some(Credentials {
                 username: username.clone(),
                 password: self.read_password()?,
                 source: "--username/--password-stdin".into(),
