@@ -311,9 +311,10 @@ pub enum BuildError {
     Layer(#[from] LayerError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// Boxed: registry errors carry a lot of context, and results stay small.
     #[error(transparent)]
-    Registry(#[from] RegistryError),
-    #[error("spec.image / spec.from: {0}")]
+    Registry(Box<RegistryError>),
+    #[error(transparent)]
     Reference(#[from] ReferenceError),
     #[error("spec.platform: {0}")]
     Platform(#[from] InvalidPlatform),
@@ -323,6 +324,12 @@ pub enum BuildError {
     WorkDir(std::io::Error),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<RegistryError> for BuildError {
+    fn from(error: RegistryError) -> Self {
+        Self::Registry(Box::new(error))
+    }
 }
 
 impl BuildError {
