@@ -1,0 +1,648 @@
+//! The real single-node cluster of the test environment (tests/env/node-up.sh):
+//! kubelet + containerd run Pods pulled from the test Gitea under the
+//! `restricted` Pod Security level, PersistentVolumeClaims bind to the node's
+//! hostPath provisioner, Jobs fill them, and Pods reach the API server through
+//! the `kubernetes` Service with their ServiceAccount token.
+
+mod common;
+
+use common::{TestEnv, env, output, unique_name};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// The node's variables (target/testenv/node.sh) on top of the environment's.
+struct Node {
+    env: &'static TestEnv,
+    vars: BTreeMap<String, String>,
+}
+
+impl Node {
+    fn var(&self, k: &str) -> &str {
+        self.vars
+            .get(k)
+            .unwrap_or_else(|| panic!("node.sh does not set {k}"))
+    }
+    fn busybox(&self) -> &str {
+        self.var("IMAGEBUILD_TEST_BUSYBOX_IMAGE")
+    }
+    fn kubectl_image(&self) -> &str {
+        self.var("IMAGEBUILD_TEST_KUBECTL_IMAGE")
+    }
+    fn name(&self) -> &str {
+        self.var("IMAGEBUILD_TEST_NODE_NAME")
+    }
+}
+
+/// Starts the node when it is not up (node-up.sh holds a machine-wide lock,
+/// so test binaries running at once do not race) and reads node.sh.
+fn node() -> &'static Node {
+    static NODE: OnceLock<Result<Node, String>> = OnceLock::new();
+    match NODE.get_or_init(start_node) {
+        Ok(n) => n,
+        Err(e) => panic!("test node unavailable: {e}"),
+    }
+}
+
+fn start_node() -> Result<Node, String> {
+    let env = env();
+    let script = common::repo_root().join("tests/env/node-up.sh");
+    let up = Command::new("bash")
+        .arg(&script)
+        .arg("--check")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("running node-up.sh --check: {e}"))?
+        .success();
+    if !up {
+        let started = Instant::now();
+        let out = Command::new("bash")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("running node-up.sh: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "tests/env/node-up.sh failed ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        eprintln!("node-up.sh took {:.1} s", started.elapsed().as_secs_f64());
+    }
+    let vars = source(&[&env.dir.join("env.sh"), &env.dir.join("node.sh")])?;
+    Ok(Node { env, vars })
+}
+
+fn source(files: &[&Path]) -> Result<BTreeMap<String, String>, String> {
+    let mut script = String::new();
+    for (i, _) in files.iter().enumerate() {
+        script.push_str(&format!("source \"${}\" && ", i + 1));
+    }
+    script.push_str("env -0");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .arg("bash")
+        .args(files)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("sourcing {files:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "sourcing {files:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(out
+        .stdout
+        .split(|b| *b == 0)
+        .filter_map(|e| {
+            let e = String::from_utf8_lossy(e);
+            let (k, v) = e.split_once('=')?;
+            k.starts_with("IMAGEBUILD_")
+                .then(|| (k.to_string(), v.to_string()))
+        })
+        .collect())
+}
+
+/// A namespace enforcing the `restricted` Pod Security level; deleted when
+/// dropped (also when the test fails).
+struct Namespace {
+    name: String,
+}
+
+impl Namespace {
+    fn restricted(prefix: &str) -> Namespace {
+        let name = unique_name(prefix);
+        let out = env().kubectl_stdin(
+            &["apply", "--server-side", "-f", "-"],
+            &format!(
+                r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: {name}
+  labels:
+    pod-security.kubernetes.io/enforce: restricted
+    pod-security.kubernetes.io/enforce-version: latest
+"#
+            ),
+        );
+        assert!(
+            out.status.success(),
+            "namespace {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Namespace { name }
+    }
+
+    fn apply(&self, yaml: &str) {
+        let out = env().kubectl_stdin(&["apply", "-n", &self.name, "-f", "-"], yaml);
+        assert!(
+            out.status.success(),
+            "kubectl apply in {}: {}\n{yaml}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        env().kubectl(&all)
+    }
+
+    fn jsonpath(&self, object: &str, path: &str) -> String {
+        let out = env().kubectl_output(&[
+            "-n",
+            &self.name,
+            "get",
+            object,
+            "-o",
+            &format!("jsonpath={path}"),
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Polls until `jsonpath` of `object` equals one of `want`; returns it.
+    fn wait_for(&self, object: &str, path: &str, want: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.jsonpath(object, path);
+            if want.contains(&got.as_str()) {
+                return got;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{object} in {}: {path} is {got:?}, not one of {want:?} after {timeout:?}\n{}",
+                    self.name,
+                    self.describe(object)
+                );
+            }
+            sleep(Duration::from_millis(500));
+        }
+    }
+
+    fn describe(&self, object: &str) -> String {
+        let out = env().kubectl_output(&["-n", &self.name, "describe", object]);
+        let events = env().kubectl_output(&[
+            "-n",
+            &self.name,
+            "get",
+            "events",
+            "--sort-by=.lastTimestamp",
+        ]);
+        format!(
+            "{}\n{}\nevents:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&events.stdout)
+        )
+    }
+
+    /// Waits for a Pod to finish; fails the test (with its description and
+    /// log) unless it Succeeded. Returns its log.
+    fn pod_succeeds(&self, pod: &str, timeout: Duration) -> String {
+        let obj = format!("pod/{pod}");
+        let phase = self.wait_for(&obj, "{.status.phase}", &["Succeeded", "Failed"], timeout);
+        let log = self.log(&obj);
+        assert_eq!(
+            phase,
+            "Succeeded",
+            "pod {pod} failed; log:\n{log}\n{}",
+            self.describe(&obj)
+        );
+        log
+    }
+
+    fn log(&self, object: &str) -> String {
+        let out = env().kubectl_output(&["-n", &self.name, "logs", object]);
+        assert!(
+            out.status.success(),
+            "kubectl logs {object}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ =
+            output(
+                env()
+                    .cmd("kubectl")
+                    .args(["delete", "namespace", &self.name, "--wait=false"]),
+            );
+    }
+}
+
+/// The container securityContext the `restricted` level asks for.
+const RESTRICTED_CONTAINER: &str =
+    "{allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}";
+const RESTRICTED_POD: &str = "{runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532, seccompProfile: {type: RuntimeDefault}}";
+
+/// A Pod (restartPolicy Never) running `script` with busybox's sh.
+fn busybox_pod(node: &Node, name: &str, script: &str, volumes: &str, mounts: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  restartPolicy: Never
+  automountServiceAccountToken: false
+  securityContext: {RESTRICTED_POD}
+  containers:
+  - name: main
+    image: {image}
+    command: [sh, -c, {script:?}]
+    securityContext: {RESTRICTED_CONTAINER}
+    resources: {{limits: {{cpu: 200m, memory: 64Mi}}}}
+    volumeMounts: {mounts}
+  volumes: {volumes}
+"#,
+        image = node.busybox(),
+    )
+}
+
+const POD_TIMEOUT: Duration = Duration::from_secs(180);
+
+#[test]
+fn node_is_ready_with_the_pinned_kubelet_and_containerd() {
+    let node = node();
+    let env = node.env;
+    let out = env.kubectl(&["get", "node", node.name(), "-o", "json"]);
+    let n: serde_json::Value = serde_json::from_str(&out).expect("node JSON");
+    let ready = n["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .expect("Ready condition");
+    assert_eq!(ready["status"], "True", "{ready}");
+    assert_eq!(
+        n["status"]["nodeInfo"]["kubeletVersion"],
+        env.k8s_version.as_str()
+    );
+    assert_eq!(
+        n["status"]["nodeInfo"]["kubeProxyVersion"]
+            .as_str()
+            .unwrap_or(""),
+        "",
+        "kubeProxyVersion is no longer reported"
+    );
+    assert!(
+        n["status"]["nodeInfo"]["containerRuntimeVersion"]
+            .as_str()
+            .unwrap()
+            .starts_with("containerd://"),
+        "{}",
+        n["status"]["nodeInfo"]
+    );
+    assert!(
+        n["spec"]["taints"].is_null(),
+        "node keeps taints: {}",
+        n["spec"]["taints"]
+    );
+    let ip = n["status"]["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["type"] == "InternalIP")
+        .expect("InternalIP")["address"]
+        .clone();
+    assert_eq!(ip, node.var("IMAGEBUILD_TEST_NODE_IP"));
+    // The default StorageClass is the node's provisioner.
+    let sc = env.kubectl(&[
+        "get",
+        "storageclass",
+        node.var("IMAGEBUILD_TEST_STORAGE_CLASS"),
+        "-o",
+        "jsonpath={.metadata.annotations.storageclass\\.kubernetes\\.io/is-default-class}",
+    ]);
+    assert_eq!(sc, "true");
+}
+
+#[test]
+fn restricted_pod_runs_the_busybox_image_from_gitea() {
+    let node = node();
+    let ns = Namespace::restricted("node-pod");
+    let script = r#"echo "hello from $(id -u):$(id -g)"; if touch /probe 2>/dev/null; then echo rootfs=rw; else echo rootfs=ro; fi; grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status; grep Seccomp: /proc/self/status"#;
+    ns.apply(&busybox_pod(node, "hello", script, "[]", "[]"));
+    let log = ns.pod_succeeds("hello", POD_TIMEOUT);
+    assert!(log.contains("hello from 65532:65532"), "{log}");
+    assert!(log.contains("rootfs=ro"), "{log}");
+    assert!(log.contains("CapEff:\t0000000000000000"), "{log}");
+    assert!(log.contains("NoNewPrivs:\t1"), "{log}");
+    // 2 = SECCOMP_MODE_FILTER: the runtime's default profile is applied.
+    assert!(log.contains("Seccomp:\t2"), "{log}");
+    let image_id = ns.jsonpath("pod/hello", "{.status.containerStatuses[0].imageID}");
+    assert!(
+        image_id.starts_with(&format!("{}/", node.env.gitea)) && image_id.contains("@sha256:"),
+        "image not pulled from Gitea: {image_id}"
+    );
+}
+
+/// Pods reach Gitea by the same name and port as the host does: the node's
+/// DNS answers `gitea.cnoe.localtest.me` with the node's address, where a
+/// forwarder passes the connection on to Gitea. kubectl (Go's TLS) checks the
+/// certificate with Gitea's own certificate as the only root, as the
+/// controller will.
+#[test]
+fn pods_resolve_gitea_and_reach_it_with_its_certificate() {
+    let node = node();
+    let ns = Namespace::restricted("node-gitea");
+    let (host, _) = node.env.gitea.split_once(':').unwrap();
+    let ca = std::fs::read_to_string(&node.env.gitea_ca).unwrap();
+    let ca_yaml: String = ca.lines().map(|l| format!("    {l}\n")).collect();
+    ns.apply(&format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: gitea-ca}}
+data:
+  ca.crt: |
+{ca_yaml}---
+apiVersion: v1
+kind: Pod
+metadata: {{name: gitea}}
+spec:
+  restartPolicy: Never
+  automountServiceAccountToken: false
+  securityContext: {RESTRICTED_POD}
+  containers:
+  - name: lookup
+    image: {busybox}
+    command: [nslookup, {host}]
+    securityContext: {RESTRICTED_CONTAINER}
+    resources: {{limits: {{cpu: 200m, memory: 64Mi}}}}
+  - name: https
+    image: {kubectl}
+    # A token, or kubectl asks for a user name; Gitea ignores it on /api/healthz.
+    args: [--server=https://{gitea}, --certificate-authority=/gitea/ca.crt, --token=unused, get, --raw, /api/healthz]
+    securityContext: {RESTRICTED_CONTAINER}
+    resources: {{limits: {{cpu: 500m, memory: 128Mi}}}}
+    volumeMounts: [{{name: ca, mountPath: /gitea}}, {{name: tmp, mountPath: /tmp}}]
+  volumes:
+  - {{name: ca, configMap: {{name: gitea-ca}}}}
+  - {{name: tmp, emptyDir: {{}}}}
+"#,
+        busybox = node.busybox(),
+        kubectl = node.kubectl_image(),
+        gitea = node.env.gitea,
+    ));
+    let obj = "pod/gitea";
+    let phase = ns.wait_for(
+        obj,
+        "{.status.phase}",
+        &["Succeeded", "Failed"],
+        POD_TIMEOUT,
+    );
+    let lookup = ns.kubectl(&["logs", obj, "-c", "lookup"]);
+    let https = ns.kubectl(&["logs", obj, "-c", "https"]);
+    assert_eq!(
+        phase,
+        "Succeeded",
+        "{lookup}\n{https}\n{}",
+        ns.describe(obj)
+    );
+    assert!(
+        lookup.contains(&format!("Address: {}", node.var("IMAGEBUILD_TEST_NODE_IP"))),
+        "{lookup}"
+    );
+    let health: serde_json::Value = serde_json::from_str(&https).expect("Gitea health JSON");
+    assert_eq!(health["status"], "pass", "{https}");
+}
+
+#[test]
+fn pvc_binds_a_job_fills_it_and_a_second_pod_reads_it_back() {
+    let node = node();
+    let ns = Namespace::restricted("node-pvc");
+    // No storageClassName: the default class (the node's provisioner) applies.
+    ns.apply(
+        r#"
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 64Mi}}
+"#,
+    );
+    ns.wait_for(
+        "pvc/data",
+        "{.status.phase}",
+        &["Bound"],
+        Duration::from_secs(60),
+    );
+    let pv = ns.jsonpath("pvc/data", "{.spec.volumeName}");
+    let path = node
+        .env
+        .kubectl(&["get", "pv", &pv, "-o", "jsonpath={.spec.hostPath.path}"]);
+    assert!(
+        path.starts_with(node.var("IMAGEBUILD_TEST_VOLUMES_DIR")),
+        "{path}"
+    );
+
+    ns.apply(&format!(
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: fill}}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      automountServiceAccountToken: false
+      securityContext: {RESTRICTED_POD}
+      containers:
+      - name: fill
+        image: {image}
+        command: [sh, -c, "echo one > /data/a.txt && mkdir -p /data/sub && echo two > /data/sub/b.txt && ls -R /data"]
+        securityContext: {RESTRICTED_CONTAINER}
+        resources: {{limits: {{cpu: 200m, memory: 64Mi}}}}
+        volumeMounts: [{{name: data, mountPath: /data}}]
+      volumes: [{{name: data, persistentVolumeClaim: {{claimName: data}}}}]
+"#,
+        image = node.busybox()
+    ));
+    ns.wait_for("job/fill", "{.status.succeeded}", &["1"], POD_TIMEOUT);
+
+    ns.apply(&busybox_pod(
+        node,
+        "read",
+        "cat /data/a.txt /data/sub/b.txt",
+        "[{name: data, persistentVolumeClaim: {claimName: data, readOnly: true}}]",
+        "[{name: data, mountPath: /data, readOnly: true}]",
+    ));
+    let log = ns.pod_succeeds("read", POD_TIMEOUT);
+    assert_eq!(log, "one\ntwo\n");
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&path).join("sub/b.txt")).unwrap(),
+        "two\n"
+    );
+
+    // A released volume is deleted, directory and all.
+    ns.kubectl(&["delete", "pod", "read", "--wait=true"]);
+    ns.kubectl(&[
+        "delete",
+        "job",
+        "fill",
+        "--cascade=foreground",
+        "--wait=true",
+    ]);
+    ns.kubectl(&["delete", "pvc", "data", "--wait=true"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Path::new(&path).exists()
+        || node
+            .env
+            .kubectl_output(&["get", "pv", &pv])
+            .status
+            .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "released volume {pv} ({path}) not deleted"
+        );
+        sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn read_write_many_claim_is_shared_by_two_running_pods() {
+    let node = node();
+    let ns = Namespace::restricted("node-rwx");
+    ns.apply(
+        r#"
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: shared}
+spec:
+  accessModes: [ReadWriteMany]
+  resources: {requests: {storage: 16Mi}}
+"#,
+    );
+    ns.wait_for(
+        "pvc/shared",
+        "{.status.phase}",
+        &["Bound"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        ns.jsonpath("pvc/shared", "{.status.accessModes[0]}"),
+        "ReadWriteMany"
+    );
+    let vol = "[{name: s, persistentVolumeClaim: {claimName: shared}}]";
+    let mnt = "[{name: s, mountPath: /s}]";
+    // The reader starts first and waits for the writer's file.
+    ns.apply(&busybox_pod(
+        node,
+        "reader",
+        "for i in $(seq 120); do [ -f /s/done ] && cat /s/msg && exit 0; sleep 1; done; exit 1",
+        vol,
+        mnt,
+    ));
+    ns.wait_for(
+        "pod/reader",
+        "{.status.phase}",
+        &["Running", "Succeeded"],
+        POD_TIMEOUT,
+    );
+    ns.apply(&busybox_pod(
+        node,
+        "writer",
+        "echo shared-by-two > /s/msg && touch /s/done",
+        vol,
+        mnt,
+    ));
+    ns.pod_succeeds("writer", POD_TIMEOUT);
+    assert_eq!(ns.pod_succeeds("reader", POD_TIMEOUT), "shared-by-two\n");
+}
+
+#[test]
+fn pod_reaches_the_api_server_through_the_kubernetes_service_with_its_token() {
+    let node = node();
+    let ns = Namespace::restricted("node-api");
+    let n = &ns.name;
+    ns.apply(&format!(
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: reader}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: pod-reader}}
+rules:
+- {{apiGroups: [""], resources: [pods], verbs: [get, list]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: reader}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}}
+subjects: [{{kind: ServiceAccount, name: reader, namespace: {n}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: whoami}}
+spec:
+  restartPolicy: Never
+  serviceAccountName: reader
+  securityContext: {RESTRICTED_POD}
+  containers:
+  - name: kubectl
+    image: {image}
+    # In-cluster configuration: KUBERNETES_SERVICE_HOST/PORT (the Service's
+    # ClusterIP), the projected token and ca.crt; TLS is verified.
+    args: [auth, whoami, -o, "jsonpath={{.status.userInfo.username}}{{\"\\n\"}}"]
+    securityContext: {RESTRICTED_CONTAINER}
+    resources: {{limits: {{cpu: 500m, memory: 128Mi}}}}
+    volumeMounts: [{{name: tmp, mountPath: /tmp}}]
+  - name: list
+    image: {image}
+    args: [get, pods, -o, name]
+    securityContext: {RESTRICTED_CONTAINER}
+    resources: {{limits: {{cpu: 500m, memory: 128Mi}}}}
+    volumeMounts: [{{name: tmp, mountPath: /tmp}}]
+  volumes: [{{name: tmp, emptyDir: {{}}}}]
+"#,
+        image = node.kubectl_image()
+    ));
+    let obj = "pod/whoami";
+    let phase = ns.wait_for(
+        obj,
+        "{.status.phase}",
+        &["Succeeded", "Failed"],
+        POD_TIMEOUT,
+    );
+    let who = ns.kubectl(&["logs", obj, "-c", "kubectl"]);
+    let list = ns.kubectl(&["logs", obj, "-c", "list"]);
+    assert_eq!(phase, "Succeeded", "{who}\n{list}\n{}", ns.describe(obj));
+    assert_eq!(who.trim(), format!("system:serviceaccount:{n}:reader"));
+    assert!(list.lines().any(|l| l == "pod/whoami"), "{list}");
+    // The Pod saw the Service's address, not the API server's own.
+    let env_host = ns.jsonpath("svc/kubernetes", "{.spec.clusterIP}");
+    assert!(
+        env_host.is_empty(),
+        "no kubernetes Service in a test namespace"
+    );
+    let cluster_ip = node.env.kubectl(&[
+        "get",
+        "svc",
+        "kubernetes",
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    assert_eq!(cluster_ip, "10.0.0.1");
+}
