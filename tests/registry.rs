@@ -832,3 +832,108 @@ async fn base_layers_on_another_registry_are_streamed_across() {
     );
     assert_eq!(Digest::of(&raw), image.manifest_digest);
 }
+
+// ---------------------------------------------------------------- measurement
+
+/// Peak resident memory of this process so far, in MiB.
+fn peak_rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib / 1024)
+}
+
+/// Throughput and memory of large blob uploads and downloads (not a pass/fail test):
+/// `IMAGEBUILD_BENCH_MIB=512 cargo test --release --test registry -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "measurement; run explicitly"]
+async fn measure_large_blob_transfers() {
+    let env = common::env();
+    let mib: u64 = std::env::var("IMAGEBUILD_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("blob");
+    {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
+        let mut chunk = vec![0u8; 1 << 20];
+        for _ in 0..mib {
+            fastrand::fill(&mut chunk);
+            file.write_all(&chunk).expect("write");
+        }
+    }
+    let mut hasher = oci::Sha256::default();
+    let mut reader = std::fs::File::open(&path).expect("open");
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut reader, &mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let blob = Blob {
+        descriptor: Descriptor {
+            media_type: oci::MEDIA_TYPE_LAYER_GZIP.to_owned(),
+            digest: hasher.finish(),
+            size: mib << 20,
+            platform: None,
+            annotations: Default::default(),
+        },
+        location: BlobLocation::File(path),
+    };
+    let cases = [
+        (
+            "gitea, one request",
+            gitea_config(env),
+            gitea_repo(env, "bench"),
+        ),
+        (
+            "gitea, 64 MiB chunks",
+            gitea_config(env),
+            gitea_repo(env, "bench"),
+        ),
+        (
+            "distribution, one request",
+            registry_config(env),
+            registry_repo("bench"),
+        ),
+        (
+            "distribution, 64 MiB chunks",
+            registry_config(env),
+            registry_repo("bench"),
+        ),
+    ];
+    for (label, mut config, repo) in cases {
+        if label.contains("chunks") {
+            config.max_request_body = 64 << 20;
+        }
+        let client = RegistryClient::new(config).expect("client");
+        let started = Instant::now();
+        client
+            .push_blob(&repo, &blob, no_progress())
+            .await
+            .expect("push");
+        let up = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let mut stream = client
+            .get_blob(&repo, &blob.descriptor.digest)
+            .await
+            .expect("get");
+        let mut received = 0u64;
+        while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+            received += chunk.expect("verified chunk").len() as u64;
+        }
+        let down = started.elapsed().as_secs_f64();
+        assert_eq!(received, blob.descriptor.size);
+        eprintln!(
+            "{label}: {mib} MiB up {up:.1}s ({:.0} MiB/s), down+verify {down:.1}s ({:.0} MiB/s), peak RSS {} MiB",
+            mib as f64 / up,
+            mib as f64 / down,
+            peak_rss_mib()
+        );
+    }
+}

@@ -175,12 +175,10 @@ impl RegistryClient {
             let response = self.send_once(call).await?;
             let status = response.status();
             let headers = response.headers().clone();
-            let url = response.url().clone();
             let body = self.read_body(response, limit, call.operation).await?;
             Ok(Fetched {
                 status,
                 headers,
-                url,
                 body,
             })
         })
@@ -420,7 +418,6 @@ impl RegistryClient {
                 .map_err(|e| self.transport_error(e, Operation::Token, Some(timeout)))?;
             let status = response.status();
             let headers = response.headers().clone();
-            let response_url = response.url().clone();
             let body = self
                 .read_body(response, SMALL_BODY_LIMIT, Operation::Token)
                 .await?;
@@ -444,7 +441,6 @@ impl RegistryClient {
             Ok(Fetched {
                 status,
                 headers,
-                url: response_url,
                 body,
             })
         })
@@ -492,7 +488,7 @@ impl RegistryClient {
             Ok(Ok(body)) => body,
             _ => Bytes::new(),
         };
-        self.classify_with_wait(call, status, wait, &body)
+        self.classify(call, status, wait, &body)
     }
 
     /// HEAD answers carry no body, so the registry's error code is missing: ask again with GET
@@ -519,16 +515,6 @@ impl RegistryClient {
 
     /// Classifies a response whose body was already read.
     pub(crate) fn classify(
-        &self,
-        call: &Call<'_>,
-        status: StatusCode,
-        wait: Option<Duration>,
-        body: &[u8],
-    ) -> RegistryError {
-        self.classify_with_wait(call, status, wait, body)
-    }
-
-    fn classify_with_wait(
         &self,
         call: &Call<'_>,
         status: StatusCode,
@@ -609,8 +595,6 @@ impl RegistryClient {
 pub(crate) struct Fetched {
     pub status: StatusCode,
     pub headers: HeaderMap,
-    #[allow(dead_code)]
-    pub url: Url,
     pub body: Bytes,
 }
 
