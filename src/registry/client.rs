@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, WWW_AUTHENTICATE};
+use reqwest::header::{
+    CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, WWW_AUTHENTICATE,
+};
 use reqwest::{Method, Response, StatusCode, Url};
 
 use super::auth::{self, Access, Challenge, Credentials, TokenCache, TokenResponse};
@@ -660,8 +662,14 @@ impl<'a> Call<'a> {
         self
     }
 
-    /// A body that can be sent only once (streamed from a file or another registry).
-    pub fn stream(mut self, body: reqwest::Body, size: u64) -> Self {
+    /// `size` bytes of blob data streamed from a file or another registry: can be sent once.
+    pub fn octets(mut self, body: reqwest::Body, size: u64) -> Self {
+        self.headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        // An explicit length keeps the body from going out chunked, which proxies may refuse.
+        self.headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
         self.body_size = Some(size);
         self.timeout = CallTimeout::Upload(size);
         self.body = CallBody::Stream(Mutex::new(Some(body)));
