@@ -61,7 +61,7 @@ pub struct ImageBuildSpec {
 
     /// Tags to push. Default: `[latest]`.
     #[serde(default = "default_tags")]
-    #[schemars(length(min = 1, max = 32))]
+    #[schemars(length(min = 1, max = 32), inner(length(min = 1, max = 128)))]
     #[x_kube(validation = Rule::new("self.all(t, t.matches('^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$'))").message("each tag must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"))]
     pub tags: Vec<Tag>,
 
@@ -74,7 +74,7 @@ pub struct ImageBuildSpec {
     /// Files to leave out, in `.dockerignore` syntax (`!` re-includes). A `.dockerignore` at the
     /// root of the context is honoured as well.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 1024)))]
     pub exclude: Vec<Pattern>,
 
     /// `os/arch[/variant]` of a scratch image. With a base image its platform is chosen from the
@@ -128,7 +128,7 @@ pub struct BuildContext {
     /// ConfigMaps in this namespace whose keys become files; merged in order. A target path may
     /// appear only once across all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(length(min = 1, max = 16))]
     pub config_maps: Option<Vec<ConfigMapSource>>,
 
     /// A PersistentVolumeClaim in this namespace, mounted read-only by a short-lived reader Pod.
@@ -146,7 +146,7 @@ pub struct ConfigMapSource {
     /// Which keys to use and where they land. Omitted: every key of `data` and `binaryData`, as a
     /// file named after the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 1024))]
+    #[schemars(length(max = 256))]
     pub items: Option<Vec<KeyToPath>>,
 }
 
@@ -207,7 +207,7 @@ pub struct ImageConfig {
     pub user: Option<String>,
     /// Ports the image listens on, as `8080/tcp` or `53/udp`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 11)))]
     #[x_kube(validation = Rule::new("self.all(p, p.matches('^[0-9]{1,5}(/(tcp|udp|sctp))?$'))").message("exposedPorts entries look like 8080/tcp"))]
     pub exposed_ports: Vec<String>,
     /// Image labels; merged over the base image's.

@@ -1,7 +1,19 @@
 //! One build, the same for the controller and the command line: resolve the base image, turn the
 //! context into a layer off the async runtime, assemble the image, and push it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::api::ImageBuildSpec;
+use crate::context::{ContextError, ContextItem, ContextOptions, FileTree};
+use crate::image::{ImageError, ImageSpec};
+use crate::layer::{Compression, LayerError, LayerOptions};
+use crate::layout::LayoutError;
+use crate::oci::{BlobLocation, BuiltImage, Digest, InvalidPlatform, Platform};
+use crate::reference::{ImageRef, ReferenceError, RepositoryRef};
+use crate::registry::{
+    Credentials, Progress, RegistryClient, RegistryConfig, RegistryError, TrustConfig,
+};
 
 /// One file of a ConfigMap-like context.
 #[derive(Debug, Clone)]
@@ -26,102 +38,349 @@ pub enum ContextSource {
 #[derive(Clone)]
 pub struct CaBundle {
     pub pem: Vec<u8>,
+    /// e.g. `Secret default/idpbuilder-cert key ca.crt` or `--ca-file ca.pem`.
     pub source: String,
 }
 
-/// A user name and password for one registry host.
-#[derive(Clone)]
-pub struct RegistryCredentials {
-    pub username: String,
-    pub password: String,
-    /// Where they came from, e.g. `Secret gitea/gitea-credential`.
-    pub source: String,
-}
-
-impl std::fmt::Debug for RegistryCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistryCredentials")
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .field("source", &self.source)
-            .finish()
-    }
-}
-
-/// How to reach one registry host.
+/// How to reach one registry host: where, what to trust, who to be.
 #[derive(Clone)]
 pub struct RegistryAccess {
     pub host: String,
     pub endpoint: Option<String>,
     pub ca: Option<CaBundle>,
-    pub credentials: Option<RegistryCredentials>,
+    /// Sent to `host` only.
+    pub credentials: Option<Credentials>,
     pub insecure: bool,
 }
 
+impl RegistryAccess {
+    /// Anonymous access over HTTPS with the system's trusted CAs.
+    pub fn anonymous(host: &str) -> Self {
+        Self {
+            host: host.to_owned(),
+            endpoint: None,
+            ca: None,
+            credentials: None,
+            insecure: false,
+        }
+    }
+
+    /// A client for this host.
+    pub fn client(&self) -> Result<RegistryClient, RegistryError> {
+        let mut config = RegistryConfig::new(&self.host);
+        config.endpoint = self.endpoint.clone();
+        config.credentials = self.credentials.clone();
+        config.trust = match (&self.ca, self.insecure) {
+            (_, true) => TrustConfig::insecure(),
+            (Some(ca), false) => TrustConfig::from_pem(&ca.pem, ca.source.clone())?,
+            (None, false) => TrustConfig::system(),
+        };
+        RegistryClient::new(config)
+    }
+}
+
 /// One build as the controller or the command line asks for it.
-pub struct BuildJob<'a> {
-    pub spec: &'a crate::api::ImageBuildSpec,
+pub struct BuildJob {
+    pub spec: ImageBuildSpec,
     pub source: ContextSource,
     pub target: RegistryAccess,
-    /// Access for the base image's host when it is not the target's.
+    /// Access for the base image's host when it is not the target's (default: anonymous).
     pub base: Option<RegistryAccess>,
-    /// Scratch space for the layer; removed by the caller.
+    /// Where the layer blob is written (a scratch directory, or a layout's `blobs/sha256`).
     pub work_dir: PathBuf,
     pub max_context_bytes: Option<u64>,
+    /// `SOURCE_DATE_EPOCH`: file times and the image's creation time; default 0.
     pub source_date_epoch: Option<i64>,
 }
 
-/// A built image, not yet pushed.
+/// A built image, not yet pushed, with the clients that fetched its base.
 pub struct Prepared {
-    pub image: crate::oci::BuiltImage,
+    pub image: BuiltImage,
+    base_client: Option<RegistryClient>,
 }
 
 /// What a push left in the registry.
 #[derive(Debug, Clone)]
 pub struct Pushed {
-    pub digest: crate::oci::Digest,
+    pub digest: Digest,
     pub image_ref: String,
     pub tags: Vec<String>,
-    pub base_digest: Option<crate::oci::Digest>,
+    pub base_digest: Option<Digest>,
     pub size: u64,
     pub bytes_uploaded: u64,
 }
 
-pub async fn build_image(_job: &BuildJob<'_>) -> Result<Prepared, BuildError> {
-    Err(BuildError::Unimplemented)
+/// Fetches the base image (if any), builds the layer off the async runtime, and assembles the
+/// image. Nothing is pushed.
+pub async fn build_image(job: &BuildJob) -> Result<Prepared, BuildError> {
+    let spec = &job.spec;
+    let platform = spec
+        .platform
+        .as_deref()
+        .map(str::parse::<Platform>)
+        .transpose()?;
+    let (base, base_client) = match &spec.from {
+        Some(from) => {
+            let reference = ImageRef::parse(from)?;
+            let client = base_access(job, &reference.registry).client()?;
+            let base = crate::registry::fetch_base(&client, &reference, platform.as_ref()).await?;
+            (Some(base), Some(client))
+        }
+        None => (None, None),
+    };
+    let context = context_options(spec, job.max_context_bytes);
+    let layer_options = LayerOptions {
+        destination_path: spec.destination_path().to_owned(),
+        compression: compression(spec.compression),
+        source_date_epoch: job.source_date_epoch,
+        threads: 0,
+    };
+    let source = job.source.clone();
+    let out_dir = job.work_dir.clone();
+    let layer = tokio::task::spawn_blocking(move || {
+        let tree = match source {
+            ContextSource::Files(files) => FileTree::from_items(
+                files.into_iter().map(ContextFile::into_item).collect(),
+                &context,
+            )?,
+            ContextSource::Directory(dir) => FileTree::from_dir(&dir, &context)?,
+        };
+        Ok::<_, BuildError>(crate::layer::build_layer(&tree, &layer_options, &out_dir)?)
+    })
+    .await
+    .map_err(|e| BuildError::Internal(e.to_string()))??;
+    let image = crate::image::assemble(
+        base.as_ref(),
+        &layer,
+        &image_spec(spec, job.source_date_epoch),
+    )?;
+    Ok(Prepared { image, base_client })
 }
 
-pub async fn push_image(_job: &BuildJob<'_>, _prepared: Prepared) -> Result<Pushed, BuildError> {
-    Err(BuildError::Unimplemented)
+/// Pushes a prepared image to `spec.image` under `spec.tags`.
+pub async fn push_image(
+    job: &BuildJob,
+    prepared: Prepared,
+    progress: Arc<dyn Progress>,
+) -> Result<Pushed, BuildError> {
+    let repository = RepositoryRef::parse(&job.spec.image)?;
+    let client = job.target.client()?;
+    let base_client = prepared
+        .base_client
+        .as_ref()
+        .filter(|base| base.host() != client.host());
+    let report = crate::registry::push_image(
+        &client,
+        &repository.repository,
+        &prepared.image,
+        &job.spec.tags,
+        base_client,
+        progress,
+    )
+    .await?;
+    Ok(Pushed {
+        image_ref: format!("{}@{}", job.spec.image, report.manifest_digest),
+        digest: report.manifest_digest,
+        tags: job.spec.tags.clone(),
+        base_digest: prepared
+            .image
+            .base
+            .as_ref()
+            .map(|b| b.manifest_digest.clone()),
+        size: prepared.image.size(),
+        bytes_uploaded: report.bytes_uploaded,
+    })
 }
 
-pub async fn delete_tags(
-    _access: &RegistryAccess,
-    _repository: &str,
-    _tags: &[String],
+/// Copies the base image's layers into an OCI layout's blobs, so the layout holds the whole
+/// image (a pushed image needs them only in the registry).
+pub async fn fetch_base_layers(
+    prepared: &mut Prepared,
+    blobs_dir: &Path,
 ) -> Result<(), BuildError> {
-    Err(BuildError::Unimplemented)
+    let (Some(client), Some(base)) = (&prepared.base_client, &prepared.image.base) else {
+        return Ok(());
+    };
+    for layer in prepared
+        .image
+        .layers
+        .iter_mut()
+        .filter(|l| l.location == BlobLocation::Base)
+    {
+        let path = blobs_dir.join(layer.descriptor.digest.hex());
+        if !path.exists() {
+            let partial = blobs_dir.join(format!("{}.partial", layer.descriptor.digest.hex()));
+            let stream = client
+                .get_blob(&base.repository, &layer.descriptor.digest)
+                .await?;
+            let mut reader = stream.into_async_read();
+            let mut file = tokio::fs::File::create(&partial)
+                .await
+                .map_err(BuildError::WorkDir)?;
+            tokio::io::copy(&mut reader, &mut file)
+                .await
+                .map_err(BuildError::WorkDir)?;
+            tokio::fs::rename(&partial, &path)
+                .await
+                .map_err(BuildError::WorkDir)?;
+        }
+        layer.location = BlobLocation::File(path);
+    }
+    Ok(())
 }
 
-/// Why a build failed.
+/// Removes `tags` of `repository` (`host/path`) from its registry.
+pub async fn delete_tags(
+    access: &RegistryAccess,
+    repository: &str,
+    tags: &[String],
+) -> Result<(), BuildError> {
+    let repository = RepositoryRef::parse(repository)?;
+    let client = access.client()?;
+    for tag in tags {
+        client.delete_tag(&repository.repository, tag).await?;
+    }
+    Ok(())
+}
+
+/// The base image's registry: the target's access when it is the same host.
+fn base_access(job: &BuildJob, host: &str) -> RegistryAccess {
+    if host == job.target.host {
+        return job.target.clone();
+    }
+    job.base
+        .clone()
+        .filter(|b| b.host == host)
+        .unwrap_or_else(|| RegistryAccess::anonymous(host))
+}
+
+fn context_options(spec: &ImageBuildSpec, max_bytes: Option<u64>) -> ContextOptions {
+    ContextOptions {
+        exclude: spec.exclude.clone(),
+        honour_dockerignore: true,
+        max_bytes,
+        max_entries: None,
+    }
+}
+
+fn compression(c: crate::api::Compression) -> Compression {
+    match c {
+        crate::api::Compression::Gzip => Compression::Gzip {
+            level: crate::layer::DEFAULT_GZIP_LEVEL,
+        },
+        crate::api::Compression::Zstd => Compression::Zstd {
+            level: crate::layer::DEFAULT_ZSTD_LEVEL,
+        },
+    }
+}
+
+fn image_spec(spec: &ImageBuildSpec, created: Option<i64>) -> ImageSpec {
+    let config = spec.config.clone().unwrap_or_default();
+    ImageSpec {
+        platform: spec.platform.as_deref().and_then(|p| p.parse().ok()),
+        entrypoint: config.entrypoint,
+        cmd: config.cmd,
+        env: config.env.into_iter().map(|e| (e.name, e.value)).collect(),
+        working_dir: config.working_dir,
+        user: config.user,
+        exposed_ports: config.exposed_ports,
+        labels: config.labels,
+        annotations: spec.annotations.clone(),
+        created,
+    }
+}
+
+impl ContextFile {
+    fn into_item(self) -> ContextItem {
+        ContextItem {
+            source: self.source,
+            path: self.path,
+            mode: self.mode,
+            data: self.data,
+            archive: self.archive,
+        }
+    }
+}
+
+/// Why a build failed: every message says what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("not implemented yet")]
-    Unimplemented,
-    #[error("cannot create a scratch directory for the build (--work-dir): {0}")]
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// Boxed: registry errors carry a lot of context, and results stay small.
+    #[error(transparent)]
+    Registry(Box<RegistryError>),
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error("spec.platform: {0}")]
+    Platform(#[from] InvalidPlatform),
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("cannot use the scratch directory for the build (--work-dir): {0}")]
     WorkDir(std::io::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<RegistryError> for BuildError {
+    fn from(error: RegistryError) -> Self {
+        Self::Registry(Box::new(error))
+    }
 }
 
 impl BuildError {
-    /// Exit code of the command line for this failure.
-    pub fn exit_code(&self) -> u8 {
-        crate::cli::exit::OTHER
+    /// CamelCase reason for conditions, events and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Context(ContextError::TooLarge { .. } | ContextError::TooManyEntries { .. }) => {
+                "ContextTooLarge"
+            }
+            Self::Context(_) => "InvalidContext",
+            Self::Layer(_) => "LayerFailed",
+            Self::Image(_) => "InvalidImageConfig",
+            Self::Registry(e) => e.reason(),
+            Self::Reference(_) => "InvalidName",
+            Self::Platform(_) => "InvalidPlatform",
+            Self::Layout(_) => "LayoutFailed",
+            Self::WorkDir(_) | Self::Internal(_) => "InternalError",
+        }
     }
 
-    pub fn reason(&self) -> &'static str {
-        "BuildFailed"
-    }
+    /// Whether retrying with the same inputs may succeed.
     pub fn is_transient(&self) -> bool {
-        false
+        match self {
+            Self::Registry(e) => e.is_transient(),
+            Self::WorkDir(_) | Self::Internal(_) => true,
+            Self::Context(ContextError::Changed { .. })
+            | Self::Layer(LayerError::FileChanged { .. }) => true,
+            _ => false,
+        }
+    }
+
+    /// Exit code of the command line for this failure.
+    pub fn exit_code(&self) -> u8 {
+        use crate::cli::exit;
+        match self.reason() {
+            "Unauthorized" | "Forbidden" => exit::AUTH,
+            "OwnerNotFound" | "RepositoryNotFound" | "ImageNotFound" | "BlobNotFound"
+            | "NoMatchingPlatform" => exit::NOT_FOUND,
+            "TlsUntrustedCertificate"
+            | "TlsHostnameMismatch"
+            | "TlsCertificateExpired"
+            | "TlsHandshakeFailed"
+            | "InvalidCA" => exit::TLS,
+            "Unreachable"
+            | "ConnectionFailed"
+            | "Timeout"
+            | "RegistryUnavailable"
+            | "RateLimited" => exit::NETWORK,
+            "InvalidContext" | "ContextTooLarge" | "InvalidImageConfig" | "InvalidName"
+            | "InvalidPlatform" => exit::INPUT,
+            _ => exit::OTHER,
+        }
     }
 }

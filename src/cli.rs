@@ -9,11 +9,11 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use serde::Deserialize;
 
 use crate::api::ImageBuild;
-use crate::build::{
-    BuildError, CaBundle, ContextFile, ContextSource, RegistryAccess, RegistryCredentials,
-};
+use crate::build::{BuildError, BuildJob, CaBundle, ContextFile, ContextSource, RegistryAccess};
 use crate::controller::StartError;
 use crate::controller::error::Error as ControllerError;
+use crate::reference::{ImageRef, RepositoryRef};
+use crate::registry::Credentials;
 
 /// Exit codes, one per kind of failure, so scripts can tell them apart.
 pub mod exit {
@@ -120,7 +120,7 @@ impl RegistryFlags {
             });
         }
         if let Some(username) = &self.username {
-            access.credentials = Some(RegistryCredentials {
+            access.credentials = Some(Credentials {
                 username: username.clone(),
                 password: self.read_password()?,
                 source: "--username/--password-stdin".into(),
@@ -133,6 +133,17 @@ impl RegistryFlags {
             eprintln!("imagebuild: warning: TLS verification is OFF for {host} (--insecure)");
         }
         Ok(access)
+    }
+
+    /// Access for a base image on another host: the CA flags apply (a CA is not a secret), the
+    /// credentials do not (they belong to the target host); `--from-cluster` profiles do.
+    pub async fn base_access(&self, host: &str) -> Result<RegistryAccess, Failure> {
+        let flags = Self {
+            username: None,
+            password_stdin: false,
+            ..self.clone()
+        };
+        flags.access(host).await
     }
 
     fn read_password(&self) -> Result<String, Failure> {
@@ -164,7 +175,8 @@ async fn from_cluster(host: &str) -> Result<RegistryAccess, Failure> {
             "--from-cluster: cannot reach the Kubernetes API of the current kube context: {e}"
         ),
     })?;
-    let config = crate::controller::config::ControllerConfig::default();
+    // idpbuilder's Secrets, for whatever host and port this cluster's Gitea is published on.
+    let config = crate::controller::config::ControllerConfig::idpbuilder_for(host);
     let mut access = crate::controller::inputs::profile_access(host, &client, &config).await?;
     access.endpoint = None;
     Ok(access)
@@ -284,18 +296,213 @@ pub struct BuildRequest {
     pub push: bool,
 }
 
-pub async fn build(_request: BuildRequest, _flags: &RegistryFlags) -> Result<(), Failure> {
-    Err(Failure::input("build: not wired yet"))
+/// `imagebuild build`: the controller's builder on local inputs; prints the digest (or, with
+/// `--push`, `image@digest`).
+pub async fn build(request: BuildRequest, flags: &RegistryFlags) -> Result<(), Failure> {
+    let file = read_build_file(&request.file)?;
+    let source = file.context(request.context.as_deref())?;
+    let spec = file.image_build.spec;
+    let target_host = host_of(&spec.image);
+    let needs_registry = request.push || spec.from.is_some();
+    let target = if needs_registry {
+        flags.access(&target_host).await?
+    } else {
+        RegistryAccess::anonymous(&target_host)
+    };
+    let base = match spec.from.as_deref().map(host_of) {
+        Some(host) if host != target_host => Some(flags.base_access(&host).await?),
+        _ => None,
+    };
+    let scratch = tempfile::tempdir().map_err(BuildError::WorkDir)?;
+    let work_dir = match &request.output {
+        Some(dir) => crate::layout::blobs_dir(dir).map_err(BuildError::from)?,
+        None => scratch.path().to_path_buf(),
+    };
+    let job = BuildJob {
+        spec,
+        source,
+        target,
+        base,
+        work_dir,
+        max_context_bytes: None,
+        source_date_epoch: source_date_epoch()?,
+    };
+    let mut prepared = crate::build::build_image(&job).await?;
+    if let Some(dir) = &request.output {
+        crate::build::fetch_base_layers(&mut prepared, &job.work_dir).await?;
+        crate::layout::write(dir, &prepared.image, &job.spec.tags).map_err(BuildError::from)?;
+        eprintln!(
+            "imagebuild: wrote {} ({} bytes) to {}",
+            job.spec.tags.join(", "),
+            prepared.image.size(),
+            dir.display()
+        );
+    }
+    if request.push {
+        let pushed = crate::build::push_image(&job, prepared, progress()).await?;
+        finish_progress();
+        eprintln!(
+            "imagebuild: pushed {} as {} ({} bytes uploaded)",
+            job.spec.image,
+            pushed.tags.join(", "),
+            pushed.bytes_uploaded
+        );
+        println!("{}", pushed.image_ref);
+    } else {
+        println!("{}", prepared.image.manifest_digest);
+    }
+    Ok(())
 }
 
-pub async fn push(_layout: &str, _reference: &str, _flags: &RegistryFlags) -> Result<(), Failure> {
-    Err(Failure::input("push: not wired yet"))
+/// `imagebuild push LAYOUT[:TAG] REF`.
+pub async fn push(layout: &str, reference: &str, flags: &RegistryFlags) -> Result<(), Failure> {
+    let (dir, tag) = split_layout_arg(layout);
+    let image = crate::layout::read(Path::new(dir), tag).map_err(BuildError::from)?;
+    let reference = ImageRef::parse(reference).map_err(BuildError::from)?;
+    let tags: Vec<String> = reference.tag.iter().cloned().collect();
+    let tags = if tags.is_empty() && reference.digest.is_none() {
+        vec!["latest".to_owned()]
+    } else {
+        tags
+    };
+    let client = flags
+        .access(&reference.registry)
+        .await?
+        .client()
+        .map_err(BuildError::from)?;
+    let report = crate::registry::push_image(
+        &client,
+        &reference.repository,
+        &image,
+        &tags,
+        None,
+        progress(),
+    )
+    .await
+    .map_err(BuildError::from)?;
+    finish_progress();
+    eprintln!(
+        "imagebuild: {} bytes uploaded, {} blobs already there",
+        report.bytes_uploaded, report.blobs_skipped
+    );
+    println!(
+        "{}/{}@{}",
+        reference.registry, reference.repository, report.manifest_digest
+    );
+    Ok(())
 }
 
-pub async fn list(_repository: &str, _flags: &RegistryFlags) -> Result<(), Failure> {
-    Err(Failure::input("list: not wired yet"))
+/// `imagebuild list REPO`: one tag a line.
+pub async fn list(repository: &str, flags: &RegistryFlags) -> Result<(), Failure> {
+    let repository = RepositoryRef::parse(repository).map_err(BuildError::from)?;
+    let client = flags
+        .access(&repository.registry)
+        .await?
+        .client()
+        .map_err(BuildError::from)?;
+    let tags = client
+        .list_tags(&repository.repository)
+        .await
+        .map_err(BuildError::from)?;
+    for tag in tags {
+        println!("{tag}");
+    }
+    Ok(())
 }
 
-pub async fn tag(_reference: &str, _new_tag: &str, _flags: &RegistryFlags) -> Result<(), Failure> {
-    Err(Failure::input("tag: not wired yet"))
+/// `imagebuild tag REF NEWTAG`: the same manifest under another tag; prints its digest.
+pub async fn tag(reference: &str, new_tag: &str, flags: &RegistryFlags) -> Result<(), Failure> {
+    let reference = ImageRef::parse(reference).map_err(BuildError::from)?;
+    let client = flags
+        .access(&reference.registry)
+        .await?
+        .client()
+        .map_err(BuildError::from)?;
+    let digest = client
+        .tag(&reference.repository, &reference.reference(), new_tag)
+        .await
+        .map_err(BuildError::from)?;
+    println!("{digest}");
+    Ok(())
+}
+
+/// `dir` or `dir:tag` (a directory that exists wins over a `:` in its name).
+fn split_layout_arg(arg: &str) -> (&str, Option<&str>) {
+    if Path::new(arg).is_dir() {
+        return (arg, None);
+    }
+    match arg.rsplit_once(':') {
+        Some((dir, tag)) if !tag.contains('/') => (dir, Some(tag)),
+        _ => (arg, None),
+    }
+}
+
+fn host_of(reference: &str) -> String {
+    crate::controller::inputs::host_of(reference)
+}
+
+/// `SOURCE_DATE_EPOCH` from the environment, as reproducible-builds.org defines it.
+fn source_date_epoch() -> Result<Option<i64>, Failure> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(value) if !value.is_empty() => value.trim().parse().map(Some).map_err(|_| {
+            Failure::input(format!(
+                "SOURCE_DATE_EPOCH `{value}` is not a number of seconds"
+            ))
+        }),
+        _ => Ok(None),
+    }
+}
+
+/// A progress line on stderr when it is a terminal; nothing otherwise.
+struct TerminalProgress {
+    sent: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
+    last_draw: std::sync::Mutex<std::time::Instant>,
+}
+
+impl crate::registry::Progress for TerminalProgress {
+    fn add(&self, bytes: u64) {
+        use std::sync::atomic::Ordering;
+        let sent = self.sent.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let Ok(mut last) = self.last_draw.lock() else {
+            return;
+        };
+        if last.elapsed() < std::time::Duration::from_millis(200) {
+            return;
+        }
+        *last = std::time::Instant::now();
+        let seconds = self.started.elapsed().as_secs_f64().max(0.001);
+        let mib = sent as f64 / (1024.0 * 1024.0);
+        eprint!(
+            "\rimagebuild: uploaded {mib:.1} MiB ({:.1} MiB/s)   ",
+            mib / seconds
+        );
+    }
+
+    fn rewind(&self, bytes: u64) {
+        self.sent.fetch_sub(
+            bytes.min(self.sent.load(std::sync::atomic::Ordering::Relaxed)),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}
+
+fn progress() -> std::sync::Arc<dyn crate::registry::Progress> {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        std::sync::Arc::new(TerminalProgress {
+            sent: Default::default(),
+            started: std::time::Instant::now(),
+            last_draw: std::sync::Mutex::new(std::time::Instant::now()),
+        })
+    } else {
+        crate::registry::no_progress()
+    }
+}
+
+fn finish_progress() {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
 }

@@ -6,8 +6,12 @@
 pub mod api;
 pub mod build;
 pub mod cli;
+pub mod context;
 pub mod controller;
 pub mod crd;
+pub mod image;
+pub mod layer;
+pub mod layout;
 pub mod metrics;
 pub mod oci;
 pub mod reference;

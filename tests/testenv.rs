@@ -109,12 +109,15 @@ spec:
 }
 
 /// Creates a namespace enforcing the `restricted` Pod Security level, with the
-/// `default` ServiceAccount that pods need (kube-controller-manager may also make it).
+/// `default` ServiceAccount that pods need. kube-controller-manager may make
+/// that one at the same moment, so server-side apply (an upsert) is used.
 fn restricted_namespace() -> String {
     let env = env();
     let ns = unique_name("psa");
-    env.kubectl_apply(&format!(
-        r#"
+    let out = env.kubectl_stdin(
+        &["apply", "--server-side", "-f", "-"],
+        &format!(
+            r#"
 apiVersion: v1
 kind: Namespace
 metadata:
@@ -128,7 +131,9 @@ kind: ServiceAccount
 metadata: {{name: default, namespace: {ns}}}
 automountServiceAccountToken: false
 "#
-    ));
+        ),
+    );
+    assert!(out.status.success(), "namespace {ns}: {}", stderr(&out));
     ns
 }
 

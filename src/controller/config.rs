@@ -119,6 +119,16 @@ impl ControllerConfig {
         Ok(config)
     }
 
+    /// The defaults with idpbuilder's profile applied to `host` (idpbuilder can publish Gitea on
+    /// another name or port).
+    pub fn idpbuilder_for(host: &str) -> Self {
+        let mut config = Self::default();
+        for profile in &mut config.registries {
+            profile.host = host.to_owned();
+        }
+        config
+    }
+
     /// The profile for a registry host, if any.
     pub fn profile(&self, host: &str) -> Option<&RegistryProfile> {
         self.registries.iter().find(|p| p.host == host)

@@ -10,8 +10,9 @@ use kube::{Api, Client, ResourceExt};
 use super::config::{ControllerConfig, RegistryProfile};
 use super::error::Error;
 use crate::api::{ImageBuild, REBUILD_ANNOTATION};
-use crate::build::{CaBundle, ContextFile, RegistryAccess, RegistryCredentials};
+use crate::build::{CaBundle, ContextFile, RegistryAccess};
 use crate::oci::Sha256;
+use crate::registry::Credentials;
 
 /// Everything a build needs, resolved from the cluster.
 pub struct ResolvedInputs {
@@ -267,7 +268,7 @@ async fn profile_credentials(
     profile: &RegistryProfile,
     client: &Client,
     digest: &mut InputsDigest,
-) -> Result<Option<RegistryCredentials>, Error> {
+) -> Result<Option<Credentials>, Error> {
     let Some(r) = &profile.credentials_secret else {
         return Ok(None);
     };
@@ -286,7 +287,7 @@ async fn profile_credentials(
         key: key.to_owned(),
         hint: "the registry profile names this key".into(),
     };
-    Ok(Some(RegistryCredentials {
+    Ok(Some(Credentials {
         username: value(&r.username_key).ok_or_else(|| missing(&r.username_key))?,
         password: value(&r.password_key).ok_or_else(|| missing(&r.password_key))?,
         source: format!("Secret {}/{}", r.namespace, r.name),
@@ -340,7 +341,7 @@ fn credentials_from(
     namespace: &str,
     name: &str,
     host: &str,
-) -> Result<RegistryCredentials, Error> {
+) -> Result<Credentials, Error> {
     let source = format!("Secret {namespace}/{name}");
     let invalid = |key: &str, hint: String| Error::SecretKeyMissing {
         namespace: namespace.to_owned(),
@@ -356,14 +357,14 @@ fn credentials_from(
                 format!("it has no auths entry with a username and password for {host}"),
             )
         })?;
-        return Ok(RegistryCredentials {
+        return Ok(Credentials {
             username,
             password,
             source,
         });
     }
     match (secret_value(secret, "username"), secret_value(secret, "password")) {
-        (Some(username), Some(password)) => Ok(RegistryCredentials {
+        (Some(username), Some(password)) => Ok(Credentials {
             username,
             password,
             source,

@@ -136,18 +136,17 @@ async fn build(
         .clone()
         .unwrap_or_else(|| ctx.config.default_timeout.clone());
     let timeout = parse_duration(&timeout_text).unwrap_or_else(|| ctx.config.default_timeout());
-    let outcome =
-        tokio::time::timeout(timeout, build_and_push(ib, api, ctx, &inputs, &status)).await;
+    let outcome = build_and_push(ib, api, ctx, &inputs, &status, timeout).await;
     ctx.metrics.builds_in_flight.dec();
     let seconds = started.elapsed().as_secs_f64();
     let pushed = match outcome {
-        Ok(Ok(pushed)) => pushed,
-        Ok(Err(error)) => {
+        Ok(Some(pushed)) => pushed,
+        Err(error) => {
             ctx.metrics.build_finished(error.reason(), seconds);
             return record_failure(ib, api, ctx, error, Some((inputs.context_digest, attempts)))
                 .await;
         }
-        Err(_) => {
+        Ok(None) => {
             ctx.metrics.build_finished("Timeout", seconds);
             let error = Error::Timeout {
                 after: timeout_text,
@@ -194,19 +193,22 @@ async fn build(
     Ok(Action::requeue(RESYNC))
 }
 
+/// Builds and pushes in a task of its own that owns everything it uses, so a timeout can abort
+/// it and the reconcile future stays `Send` without borrowing across the build.
 async fn build_and_push(
     ib: &ImageBuild,
     api: &Api<ImageBuild>,
     ctx: &Context,
     inputs: &ResolvedInputs,
     building: &crate::api::ImageBuildStatus,
-) -> Result<build::Pushed, Error> {
+    timeout: Duration,
+) -> Result<Option<build::Pushed>, Error> {
     let work = tempfile::Builder::new()
         .prefix("build-")
         .tempdir_in(&ctx.work_dir)
         .map_err(|e| Error::Build(build::BuildError::WorkDir(e)))?;
     let job = BuildJob {
-        spec: &ib.spec,
+        spec: ib.spec.clone(),
         source: ContextSource::Files(inputs.files.clone()),
         target: inputs.target.clone(),
         base: inputs.base.clone(),
@@ -214,11 +216,25 @@ async fn build_and_push(
         max_context_bytes: Some(ctx.config.max_context_bytes),
         source_date_epoch: None,
     };
-    let prepared = build::build_image(&job).await?;
+    let (api, ib) = (api.clone(), ib.clone());
     let mut pushing = building.clone();
     pushing.phase = Some(Phase::Pushing);
-    status::write(api, ib, &pushing).await?;
-    Ok(build::push_image(&job, prepared).await?)
+    let task = tokio::spawn(async move {
+        let prepared = build::build_image(&job).await?;
+        status::write(&api, &ib, &pushing).await?;
+        Ok::<_, Error>(build::push_image(&job, prepared, crate::registry::no_progress()).await?)
+    });
+    let abort = task.abort_handle();
+    let outcome = match tokio::time::timeout(timeout, task).await {
+        Ok(Ok(result)) => result.map(Some),
+        Ok(Err(join)) => Err(Error::Build(build::BuildError::Internal(join.to_string()))),
+        Err(_) => {
+            abort.abort();
+            Ok(None)
+        }
+    };
+    drop(work);
+    outcome
 }
 
 /// Writes a failure to status (and a Warning event when the condition changed) and decides

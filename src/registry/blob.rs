@@ -197,7 +197,7 @@ impl RegistryClient {
         digest: &Digest,
         limit: u64,
     ) -> Result<Bytes, RegistryError> {
-        self.with_retries(async || {
+        self.with_retries(|| async move {
             self.get_blob(repository, digest)
                 .await?
                 .collect_bytes(limit)

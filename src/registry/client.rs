@@ -163,7 +163,7 @@ impl RegistryClient {
     /// Sends `call`, retrying transient failures. Returns any response that is not a 401 or a
     /// transient failure; the caller decides what its status means.
     pub(crate) async fn send(&self, call: &Call<'_>) -> Result<Response, RegistryError> {
-        self.with_retries(async || self.send_once(call).await).await
+        self.with_retries(|| self.send_once(call)).await
     }
 
     /// Sends `call` and reads its body (at most `limit` bytes), retrying transient failures,
@@ -173,7 +173,7 @@ impl RegistryClient {
         call: &Call<'_>,
         limit: usize,
     ) -> Result<Fetched, RegistryError> {
-        self.with_retries(async || {
+        self.with_retries(|| async move {
             let response = self.send_once(call).await?;
             let status = response.status();
             let headers = response.headers().clone();
@@ -188,10 +188,15 @@ impl RegistryClient {
     }
 
     /// Runs `once` until it succeeds, fails permanently, or the retry policy gives up.
-    pub(crate) async fn with_retries<T>(
-        &self,
-        mut once: impl AsyncFnMut() -> Result<T, RegistryError>,
-    ) -> Result<T, RegistryError> {
+    ///
+    /// `once` is a closure returning a future rather than an async closure: the futures of async
+    /// closures cannot be shown to be `Send`, and the controller runs pushes on a multi-threaded
+    /// runtime.
+    pub(crate) async fn with_retries<T, F, Fut>(&self, mut once: F) -> Result<T, RegistryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RegistryError>>,
+    {
         let policy = &self.inner.retry;
         let mut attempt = 0u32;
         loop {
@@ -409,7 +414,7 @@ impl RegistryClient {
         credentials: Option<&Credentials>,
     ) -> Result<Fetched, RegistryError> {
         let timeout = self.inner.timeouts.request;
-        self.with_retries(async || {
+        self.with_retries(|| async move {
             let mut request = self.inner.http.get(url.clone()).timeout(timeout);
             if let Some(c) = credentials {
                 request = request.basic_auth(&c.username, Some(&c.password));

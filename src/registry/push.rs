@@ -56,7 +56,10 @@ pub async fn push_image(
     for tag in tags {
         validate_tag(tag)?;
     }
-    let outcomes: Vec<BlobOutcome> = futures::stream::iter(unique_blobs(image))
+    // The futures are built up front (not in a `map` closure over borrowed blobs) so that the
+    // compiler can prove the whole push future Send; a controller runs it on a work-stealing runtime.
+    let transfers: Vec<_> = unique_blobs(image)
+        .into_iter()
         .map(|blob| {
             push_one(
                 client,
@@ -67,6 +70,8 @@ pub async fn push_image(
                 progress.clone(),
             )
         })
+        .collect();
+    let outcomes: Vec<BlobOutcome> = futures::stream::iter(transfers)
         .buffer_unordered(PARALLEL_BLOBS)
         .try_collect()
         .await?;

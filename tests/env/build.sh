@@ -19,11 +19,6 @@ source "$here/versions.env"
 cache="${IMAGEBUILD_TESTENV_CACHE:-$HOME/.cache/imagebuild-testenv}"
 mkdir -p "$cache"
 
-# Builds must not depend on a GOFLAGS or GOPATH a developer happens to set,
-# and must use the module proxy (no vendoring, no workspace).
-export GOFLAGS="-mod=mod -buildvcs=false" GOWORK=off GOTOOLCHAIN=local
-export GOPATH="${GOPATH:-$(go env GOPATH)}"
-
 log() { printf '[build] %s\n' "$*" >&2; }
 
 # is_built DIR: true when DIR holds a finished build.
@@ -36,6 +31,15 @@ locked=0
 need_build() {
 	is_built "$1" && return 1
 	if ((!locked)); then
+		command -v go >/dev/null || {
+			log "the Go toolchain (go) is needed to build $1"
+			exit 1
+		}
+		# Builds must not depend on a GOFLAGS or GOPATH a developer happens
+		# to set, and use the module proxy (no vendoring, no workspace).
+		export GOFLAGS="-mod=mod -buildvcs=false" GOWORK=off GOTOOLCHAIN=local
+		GOPATH="${GOPATH:-$(go env GOPATH)}"
+		export GOPATH
 		exec 8>"$cache/.build.lock"
 		flock 8
 		locked=1

@@ -17,10 +17,9 @@ source "$here/lib.sh"
 exec 9>"$state/lock"
 flock 9
 
-# Dependents first.
-for name in controller-manager apiserver etcd gitea registry; do
-	stop_component "$name"
-done
+# etcd last, so the API server can shut down cleanly.
+stop_component controller-manager apiserver gitea registry
+stop_component etcd
 rm -f "$state/env.sh"
 
 if [[ "${1:-}" == --purge ]]; then

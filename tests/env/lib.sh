@@ -46,11 +46,13 @@ random_string() { # N alphanumeric characters
 # else takes its preferred default, else a random free one; so two
 # environments, or a port taken by something else, never break a start.
 
-# port_in_use PORT: some TCP socket (v4 or v6, any state) is bound to PORT.
+# port_in_use PORT: a TCP socket (v4 or v6) listens on PORT. Only listeners
+# count: the servers here set SO_REUSEADDR, so connections of a stopped
+# instance lingering in TIME_WAIT do not keep a port from being reused.
 port_in_use() {
 	local hex
 	hex="$(printf ':%04X' "$1")"
-	awk -v p="$hex" 'FNR > 1 && substr($2, length($2) - 4) == p { found = 1 } END { exit !found }' \
+	awk -v p="$hex" 'FNR > 1 && $4 == "0A" && substr($2, length($2) - 4) == p { found = 1 } END { exit !found }' \
 		/proc/net/tcp /proc/net/tcp6 2>/dev/null
 }
 
@@ -121,26 +123,38 @@ launch() {
 	printf '%s\n%s\n' "$!" "$exe" >"$state/run/$name.pid"
 }
 
-# stop_component NAME: SIGTERM to its process group, SIGKILL after 15 s.
+# alive PID: the process exists and is not a zombie waiting to be reaped.
+alive() {
+	local st
+	st="$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null)" || return 1
+	[[ -n "$st" && "$st" != Z ]]
+}
+
+# stop_component NAME...: SIGTERM to each one's process group, all at once,
+# then SIGKILL to whatever still runs after 15 s.
 stop_component() {
-	local name="$1" pid
-	if pid="$(pid_of "$name")"; then
-		log "stopping $name (pid $pid)"
-		kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-		for _ in $(seq 150); do
-			[[ -d "/proc/$pid" ]] || break
-			sleep 0.1
-		done
-		if [[ -d "/proc/$pid" ]]; then
-			log "$name did not stop; killing it"
-			kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-			for _ in $(seq 50); do
-				[[ -d "/proc/$pid" ]] || break
-				sleep 0.1
-			done
+	local name pid pids=()
+	for name in "$@"; do
+		if pid="$(pid_of "$name")"; then
+			log "stopping $name (pid $pid)"
+			kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+			pids+=("$pid")
 		fi
-	fi
-	rm -f "$state/run/$name.pid"
+		rm -f "$state/run/$name.pid"
+	done
+	local deadline=$((SECONDS + 15)) left
+	while :; do
+		left=()
+		for pid in "${pids[@]}"; do alive "$pid" && left+=("$pid"); done
+		((${#left[@]} == 0)) && return 0
+		((SECONDS < deadline)) || break
+		sleep 0.1
+	done
+	for pid in "${left[@]}"; do
+		log "pid $pid did not stop; killing it"
+		kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+	done
+	sleep 0.5
 }
 
 # wait_healthy NAME SECONDS [quiet]: waits until component_ok NAME (defined by

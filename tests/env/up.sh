@@ -216,7 +216,7 @@ start_controller_manager() {
 		--tls-cert-file="$pki/controller-manager-serving.crt" \
 		--tls-private-key-file="$pki/controller-manager-serving.key" \
 		--leader-elect=false \
-		--use-service-account-credentials=false \
+		--use-service-account-credentials=true \
 		--service-account-private-key-file="$pki/sa.key" \
 		--root-ca-file="$pki/ca.crt" \
 		--controllers=serviceaccount-controller,clusterrole-aggregation-controller,serviceaccount-token-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,replicaset-controller,deployment-controller,job-controller,cronjob-controller,ttl-after-finished-controller \
@@ -347,6 +347,8 @@ EOF
 # Bootstrap once: schema, admin user whose password contains ':' and '@'
 # (like idpbuilder's random ones), and an access token with every scope.
 bootstrap_gitea() {
+	# A removed database means a new bootstrap (user and token included).
+	[[ -f "$gitea_dir/data/gitea.db" ]] || rm -f "$gitea_dir/bootstrapped"
 	[[ -f "$gitea_dir/bootstrapped" ]] && return 0
 	log "bootstrapping Gitea"
 	[[ -f "$gitea_dir/password" ]] || {

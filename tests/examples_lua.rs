@@ -1,0 +1,231 @@
+//! The Argo CD health check of examples/argocd/health.lua, run by the real Lua interpreter
+//! (`lua5.4`, installed by tests/env/install-deps.sh) on sample ImageBuild objects, the way
+//! Argo CD runs it: the object as the global `obj`, only Argo CD's libraries available.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+const DIGEST: &str = "sha256:0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
+const IMAGE: &str = "gitea.cnoe.localtest.me:8443/giteaadmin/hello-site";
+
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn health_script() -> PathBuf {
+    repo_root().join("examples/argocd/health.lua")
+}
+
+/// What Argo CD would show for `obj`.
+#[derive(Debug)]
+struct Health {
+    status: String,
+    message: String,
+}
+
+fn health(obj: &Value) -> Health {
+    let out = Command::new("lua5.4")
+        .arg("-e")
+        .arg(format!("obj = {}", lua_literal(obj)))
+        .arg(repo_root().join("tests/lua/argocd_health.lua"))
+        .arg(health_script())
+        .output()
+        .expect("lua5.4 runs (install it with tests/env/install-deps.sh)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "health.lua failed: {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, message) = stdout
+        .trim_end_matches('\n')
+        .split_once('\n')
+        .expect("status and message lines");
+    Health {
+        status: status.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+/// `value` as a Lua table constructor; JSON null becomes nil (an absent field, as in Argo CD).
+fn lua_literal(value: &Value) -> String {
+    match value {
+        Value::Null => "nil".to_owned(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => lua_string(s),
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(lua_literal).collect();
+            format!("{{{}}}", items.join(", "))
+        }
+        Value::Object(fields) => {
+            let fields: Vec<String> = fields
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| format!("[{}] = {}", lua_string(k), lua_literal(v)))
+                .collect();
+            format!("{{{}}}", fields.join(", "))
+        }
+    }
+}
+
+fn lua_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for byte in s.bytes() {
+        match byte {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b' '..=b'~' => out.push(byte as char),
+            // Everything else byte by byte, so UTF-8 and control characters survive the shell-free
+            // argument exactly.
+            _ => out.push_str(&format!("\\{byte:03}")),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn imagebuild(generation: i64, status: Value) -> Value {
+    json!({
+        "apiVersion": "imagebuild.dev/v1alpha1",
+        "kind": "ImageBuild",
+        "metadata": {"name": "hello-site", "namespace": "default", "generation": generation},
+        "spec": {
+            "context": {"configMaps": [{"name": "hello-site"}]},
+            "image": IMAGE,
+            "tags": ["latest", "v1"],
+        },
+        "status": status,
+    })
+}
+
+fn ready(status: &str, reason: &str, message: &str, generation: i64) -> Value {
+    json!({
+        "type": "Ready",
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": "2025-01-01T00:00:00Z",
+        "observedGeneration": generation,
+    })
+}
+
+fn succeeded(observed: i64) -> Value {
+    json!({
+        "phase": "Succeeded",
+        "observedGeneration": observed,
+        "conditions": [ready("True", "Pushed", "pushed latest, v1", observed)],
+        "digest": DIGEST,
+        "imageRef": format!("{IMAGE}@{DIGEST}"),
+        "tags": ["latest", "v1"],
+    })
+}
+
+#[test]
+fn without_status_it_is_progressing_waiting_for_the_controller() {
+    let h = health(&imagebuild(1, Value::Null));
+    assert_eq!(h.status, "Progressing");
+    assert!(h.message.starts_with("Waiting for the controller"), "{h:?}");
+}
+
+#[test]
+fn ready_for_the_current_generation_is_healthy_with_the_digest() {
+    let h = health(&imagebuild(3, succeeded(3)));
+    assert_eq!(h.status, "Healthy");
+    assert!(h.message.contains(DIGEST), "{h:?}");
+}
+
+#[test]
+fn ready_for_an_older_generation_is_progressing() {
+    let h = health(&imagebuild(4, succeeded(3)));
+    assert_eq!(h.status, "Progressing");
+    assert_eq!(
+        h.message,
+        "Waiting for the controller to observe generation 4"
+    );
+}
+
+#[test]
+fn status_without_observed_generation_is_progressing() {
+    let h = health(&imagebuild(1, json!({"phase": "Pending"})));
+    assert_eq!(h.status, "Progressing");
+    assert!(h.message.starts_with("Waiting for the controller"), "{h:?}");
+}
+
+#[test]
+fn failed_build_is_degraded_with_the_condition_message() {
+    let message = "registry gitea.cnoe.localtest.me:8443 refused the credentials of \
+                   Secret gitea/gitea-credential (401): check its username and password";
+    let h = health(&imagebuild(
+        2,
+        json!({
+            "phase": "Failed",
+            "observedGeneration": 2,
+            "conditions": [ready("False", "Unauthorized", message, 2)],
+        }),
+    ));
+    assert_eq!(h.status, "Degraded");
+    assert_eq!(h.message, message);
+}
+
+#[test]
+fn building_pushing_and_pending_are_progressing_with_the_condition_message() {
+    for phase in ["Pending", "Building", "Pushing"] {
+        let message = format!("{phase} layer for {IMAGE}");
+        let h = health(&imagebuild(
+            5,
+            json!({
+                "phase": phase,
+                "observedGeneration": 5,
+                "conditions": [ready("False", phase, &message, 5)],
+            }),
+        ));
+        assert_eq!(h.status, "Progressing", "phase {phase}");
+        assert_eq!(h.message, message, "phase {phase}");
+    }
+}
+
+#[test]
+fn building_without_conditions_is_progressing_naming_the_phase() {
+    let h = health(&imagebuild(
+        1,
+        json!({"phase": "Building", "observedGeneration": 1}),
+    ));
+    assert_eq!(h.status, "Progressing");
+    assert_eq!(h.message, "Building");
+}
+
+#[test]
+fn non_ascii_condition_messages_reach_argo_cd_intact() {
+    let message = "Secret «gitea-credential» fehlt — bitte anlegen";
+    let h = health(&imagebuild(
+        1,
+        json!({
+            "phase": "Failed",
+            "observedGeneration": 1,
+            "conditions": [ready("False", "SecretMissing", message, 1)],
+        }),
+    ));
+    assert_eq!(h.status, "Degraded");
+    assert_eq!(h.message, message);
+}
+
+#[test]
+fn argocd_cm_patch_embeds_health_lua_verbatim() {
+    let patch = std::fs::read_to_string(repo_root().join("examples/argocd/argocd-cm-patch.yaml"))
+        .expect("argocd-cm-patch.yaml");
+    let patch: Value = serde_yaml::from_str(&patch).expect("argocd-cm-patch.yaml parses");
+    let script = std::fs::read_to_string(health_script()).expect("health.lua");
+    assert_eq!(patch["kind"], "ConfigMap");
+    assert_eq!(patch["metadata"]["name"], "argocd-cm");
+    assert_eq!(
+        patch["data"]["resource.customizations.health.imagebuild.dev_ImageBuild"]
+            .as_str()
+            .expect("the health key holds a string"),
+        script,
+        "argocd-cm-patch.yaml must embed examples/argocd/health.lua unchanged"
+    );
+}
