@@ -918,3 +918,42 @@ async fn https_to_a_plain_http_port_hints_at_http() {
     assert_eq!(err.reason(), "TlsHandshakeFailed");
     assert!(err.to_string().contains("http://"), "{err}");
 }
+
+// ---------------------------------------------------------------- Send
+
+/// The controller runs registry work on a multi-threaded runtime: every public future must be
+/// `Send` (async closures inside, for one, would break this).
+#[test]
+fn every_public_operation_is_send() {
+    fn send<T: Send>(_: T) {}
+    let client = RegistryClient::new(RegistryConfig::new("reg.example")).expect("client");
+    let dir = tempfile::tempdir().expect("dir");
+    let image = built_image(dir.path());
+    let digest = &image.manifest_digest;
+    let reference = crate::reference::ImageRef::parse("reg.example/o/base:1").expect("ref");
+    send(client.ping());
+    send(client.blob_exists("o/a", digest));
+    send(client.mount_blob("o/a", digest, "o/b"));
+    send(client.push_blob("o/a", &image.layers[0], no_progress()));
+    send(client.get_blob("o/a", digest));
+    send(client.get_manifest("o/a", "v1"));
+    send(client.head_manifest("o/a", "v1"));
+    send(client.put_manifest(
+        "o/a",
+        "v1",
+        image.manifest.clone(),
+        oci::MEDIA_TYPE_IMAGE_MANIFEST,
+    ));
+    send(client.list_tags("o/a"));
+    send(client.delete_tag("o/a", "v1"));
+    send(client.tag("o/a", "v1", "v2"));
+    send(push_image(
+        &client,
+        "o/a",
+        &image,
+        &[],
+        Some(&client),
+        no_progress(),
+    ));
+    send(fetch_base(&client, &reference, None));
+}
