@@ -13,22 +13,30 @@ use bytes::Bytes;
 use imagebuild::oci::{self, BaseImage, Blob, BlobLocation, BuiltImage, Descriptor, Digest};
 use imagebuild::reference::ImageRef;
 use imagebuild::registry::{
-    Credentials, RegistryClient, RegistryConfig, RegistryError, TrustConfig, fetch_base,
-    no_progress, push_image,
+    Credentials, PushReport, RegistryClient, RegistryConfig, RegistryError, TrustConfig,
+    fetch_base, no_progress, push_image,
 };
 
 // ---------------------------------------------------------------- clients
 
+/// A configuration trusting only `ca` (labelled with the variable naming it) with credentials.
+fn trusting(host: &str, ca: &Path, ca_label: &str, user: &str, password: &str) -> RegistryConfig {
+    let pem = std::fs::read(ca).expect("read CA");
+    let mut config = RegistryConfig::new(host);
+    config.trust = TrustConfig::from_pem(&pem, ca_label).expect("CA");
+    config.credentials = Some(Credentials::new(user, password, "the test environment"));
+    config
+}
+
 fn gitea_config(env: &common::TestEnv) -> RegistryConfig {
-    let ca = std::fs::read(&env.gitea_ca).expect("read Gitea CA");
-    let mut config = RegistryConfig::new(&env.gitea);
-    config.trust = TrustConfig::from_pem(&ca, "IMAGEBUILD_TEST_GITEA_CA").expect("Gitea CA");
-    config.credentials = Some(Credentials::new(
+    let ca = "IMAGEBUILD_TEST_GITEA_CA";
+    trusting(
+        &env.gitea,
+        &env.gitea_ca,
+        ca,
         &env.gitea_user,
         &env.gitea_password,
-        "IMAGEBUILD_TEST_GITEA_USER/PASSWORD",
-    ));
-    config
+    )
 }
 
 fn gitea(env: &common::TestEnv) -> RegistryClient {
@@ -36,15 +44,14 @@ fn gitea(env: &common::TestEnv) -> RegistryClient {
 }
 
 fn registry_config(env: &common::TestEnv) -> RegistryConfig {
-    let ca = std::fs::read(&env.registry_ca).expect("read registry CA");
-    let mut config = RegistryConfig::new(&env.registry);
-    config.trust = TrustConfig::from_pem(&ca, "IMAGEBUILD_TEST_REGISTRY_CA").expect("registry CA");
-    config.credentials = Some(Credentials::new(
+    let ca = "IMAGEBUILD_TEST_REGISTRY_CA";
+    trusting(
+        &env.registry,
+        &env.registry_ca,
+        ca,
         &env.registry_user,
         &env.registry_password,
-        "IMAGEBUILD_TEST_REGISTRY_USER/PASSWORD",
-    ));
-    config
+    )
 }
 
 fn registry(env: &common::TestEnv) -> RegistryClient {
@@ -155,6 +162,24 @@ fn tags(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
 
+/// Pushes `image` under `tag_names`, without a base client or progress.
+async fn push(
+    client: &RegistryClient,
+    repository: &str,
+    image: &BuiltImage,
+    tag_names: &[&str],
+) -> Result<PushReport, RegistryError> {
+    push_image(
+        client,
+        repository,
+        image,
+        &tags(tag_names),
+        None,
+        no_progress(),
+    )
+    .await
+}
+
 // ---------------------------------------------------------------- skopeo, the judge
 
 /// `skopeo inspect --raw` of `reference`, trusting `ca` only, with `user:password`.
@@ -193,16 +218,9 @@ async fn gitea_image_pushed_over_https_reads_back_identically_with_skopeo() {
     let env = common::env();
     let repo = gitea_repo(env, "roundtrip");
     let test = test_image(&common::unique_name("content"));
-    let report = push_image(
-        &gitea(env),
-        &repo,
-        &test.image,
-        &tags(&["v1"]),
-        None,
-        no_progress(),
-    )
-    .await
-    .expect("push to Gitea");
+    let report = push(&gitea(env), &repo, &test.image, &["v1"])
+        .await
+        .expect("push to Gitea");
     assert_eq!(report.manifest_digest, test.image.manifest_digest);
     assert_eq!(report.blobs_uploaded, 2);
     assert_eq!(report.bytes_uploaded, test.image.size());
@@ -222,26 +240,12 @@ async fn gitea_second_push_of_the_same_image_uploads_nothing() {
     let client = gitea(env);
     let repo = gitea_repo(env, "idempotent");
     let test = test_image(&common::unique_name("content"));
-    push_image(
-        &client,
-        &repo,
-        &test.image,
-        &tags(&["v1"]),
-        None,
-        no_progress(),
-    )
-    .await
-    .expect("first push");
-    let second = push_image(
-        &client,
-        &repo,
-        &test.image,
-        &tags(&["v1"]),
-        None,
-        no_progress(),
-    )
-    .await
-    .expect("second push");
+    push(&client, &repo, &test.image, &["v1"])
+        .await
+        .expect("first push");
+    let second = push(&client, &repo, &test.image, &["v1"])
+        .await
+        .expect("second push");
     assert_eq!(second.bytes_uploaded, 0);
     assert_eq!((second.blobs_uploaded, second.blobs_skipped), (0, 2));
     assert_eq!(second.manifest_digest, test.image.manifest_digest);
@@ -253,16 +257,9 @@ async fn gitea_tags_are_listed_added_without_upload_and_deleted() {
     let client = gitea(env);
     let repo = gitea_repo(env, "tags");
     let test = test_image(&common::unique_name("content"));
-    push_image(
-        &client,
-        &repo,
-        &test.image,
-        &tags(&["v1"]),
-        None,
-        no_progress(),
-    )
-    .await
-    .expect("push");
+    push(&client, &repo, &test.image, &["v1"])
+        .await
+        .expect("push");
     let digest = client.tag(&repo, "v1", "v2").await.expect("tag v2");
     assert_eq!(digest, test.image.manifest_digest);
     let mut listed = client.list_tags(&repo).await.expect("list");
@@ -293,7 +290,7 @@ async fn gitea_large_blob_goes_up_in_chunks() {
     let (blob, diff_id) = layer(dir.path(), &[("noise.bin", &noise)]);
     assert!(blob.descriptor.size > 3 * 256 * 1024);
     let image = assemble(vec![blob], &[diff_id], None);
-    let report = push_image(&client, &repo, &image, &tags(&["big"]), None, no_progress())
+    let report = push(&client, &repo, &image, &["big"])
         .await
         .expect("chunked push");
     assert_eq!(report.bytes_uploaded, image.size());
@@ -322,16 +319,9 @@ async fn gitea_wrong_password_is_unauthorized_naming_user_and_source_only() {
     ));
     let client = RegistryClient::new(config).expect("client");
     let test = test_image("x");
-    let err = push_image(
-        &client,
-        &gitea_repo(env, "denied"),
-        &test.image,
-        &tags(&["v1"]),
-        None,
-        no_progress(),
-    )
-    .await
-    .unwrap_err();
+    let err = push(&client, &gitea_repo(env, "denied"), &test.image, &["v1"])
+        .await
+        .unwrap_err();
     assert_eq!(err.reason(), "Unauthorized", "{err}");
     assert!(!err.is_transient());
     let message = err.to_string();
@@ -349,16 +339,9 @@ async fn gitea_unknown_owner_is_reported_with_what_to_create() {
     let env = common::env();
     let owner = common::unique_name("nosuchowner");
     let test = test_image("x");
-    let err = push_image(
-        &gitea(env),
-        &format!("{owner}/app"),
-        &test.image,
-        &tags(&["v1"]),
-        None,
-        no_progress(),
-    )
-    .await
-    .unwrap_err();
+    let err = push(&gitea(env), &format!("{owner}/app"), &test.image, &["v1"])
+        .await
+        .unwrap_err();
     assert_eq!(err.reason(), "OwnerNotFound", "{err}");
     assert!(
         err.to_string()
@@ -372,16 +355,9 @@ async fn gitea_upper_case_name_is_invalid_with_a_lower_case_suggestion() {
     let env = common::env();
     let test = test_image("x");
     let repo = format!("{}/Hello", env.gitea_owner);
-    let err = push_image(
-        &gitea(env),
-        &repo,
-        &test.image,
-        &tags(&["v1"]),
-        None,
-        no_progress(),
-    )
-    .await
-    .unwrap_err();
+    let err = push(&gitea(env), &repo, &test.image, &["v1"])
+        .await
+        .unwrap_err();
     assert_eq!(err.reason(), "InvalidName", "{err}");
     assert!(
         err.to_string()
@@ -398,16 +374,9 @@ async fn gitea_refusing_a_name_the_grammar_allows_is_invalid_name() {
     let env = common::env();
     let test = test_image("x");
     let repo = format!("{}/a__b", env.gitea_owner);
-    let err = push_image(
-        &gitea(env),
-        &repo,
-        &test.image,
-        &tags(&["v1"]),
-        None,
-        no_progress(),
-    )
-    .await
-    .unwrap_err();
+    let err = push(&gitea(env), &repo, &test.image, &["v1"])
+        .await
+        .unwrap_err();
     assert_eq!(err.reason(), "InvalidName", "{err}");
 }
 
@@ -495,16 +464,9 @@ async fn gitea_anonymous_pull_of_a_public_image_uses_a_token() {
     let env = common::env();
     let repo = gitea_repo(env, "anonymous");
     let test = test_image(&common::unique_name("content"));
-    push_image(
-        &gitea(env),
-        &repo,
-        &test.image,
-        &tags(&["v1"]),
-        None,
-        no_progress(),
-    )
-    .await
-    .expect("push");
+    push(&gitea(env), &repo, &test.image, &["v1"])
+        .await
+        .expect("push");
     let mut config = gitea_config(env);
     config.credentials = None;
     let anonymous = RegistryClient::new(config).expect("client");
@@ -522,16 +484,9 @@ async fn gitea_accepts_the_access_token_as_password() {
     config.credentials = Some(Credentials::new(&env.gitea_user, &env.gitea_token, "token"));
     let client = RegistryClient::new(config).expect("client");
     let test = test_image(&common::unique_name("content"));
-    push_image(
-        &client,
-        &gitea_repo(env, "token"),
-        &test.image,
-        &tags(&["v1"]),
-        None,
-        no_progress(),
-    )
-    .await
-    .expect("push with token");
+    push(&client, &gitea_repo(env, "token"), &test.image, &["v1"])
+        .await
+        .expect("push with token");
 }
 
 // ---------------------------------------------------------------- Gitea: base images and mounts
@@ -542,16 +497,9 @@ async fn gitea_base_image_is_fetched_with_its_config_field_order_kept() {
     let client = gitea(env);
     let repo = gitea_repo(env, "base");
     let test = test_image(&common::unique_name("base"));
-    push_image(
-        &client,
-        &repo,
-        &test.image,
-        &tags(&["1"]),
-        None,
-        no_progress(),
-    )
-    .await
-    .expect("push base");
+    push(&client, &repo, &test.image, &["1"])
+        .await
+        .expect("push base");
     let reference = ImageRef::parse(&format!("{}/{repo}:1", env.gitea)).expect("ref");
     let base = fetch_base(&client, &reference, None)
         .await
@@ -575,7 +523,7 @@ async fn gitea_base_index_resolves_to_the_wanted_platform_or_lists_what_exists()
     let client = gitea(env);
     let repo = gitea_repo(env, "index");
     let test = test_image(&common::unique_name("indexed"));
-    push_image(&client, &repo, &test.image, &[], None, no_progress())
+    push(&client, &repo, &test.image, &[])
         .await
         .expect("push platform image by digest");
     let mut entry = descriptor(oci::MEDIA_TYPE_IMAGE_MANIFEST, &test.image.manifest);
@@ -606,16 +554,9 @@ async fn gitea_base_index_resolves_to_the_wanted_platform_or_lists_what_exists()
 
 /// Pushes a base image to `repo` on `client` and returns it as the builder would see it.
 async fn pushed_base(client: &RegistryClient, repo: &str, base_test: &TestImage) -> BaseImage {
-    push_image(
-        client,
-        repo,
-        &base_test.image,
-        &tags(&["1"]),
-        None,
-        no_progress(),
-    )
-    .await
-    .expect("push base");
+    push(client, repo, &base_test.image, &["1"])
+        .await
+        .expect("push base");
     let reference = ImageRef::parse(&format!("{}/{repo}:1", client.host())).expect("ref");
     fetch_base(client, &reference, None)
         .await
@@ -650,7 +591,7 @@ async fn gitea_base_layers_are_mounted_from_the_base_repository() {
     let dir = tempfile::tempdir().expect("tempdir");
     let image = image_on(base, dir.path());
     let repo = gitea_repo(env, "mount-app");
-    let report = push_image(&client, &repo, &image, &tags(&["v1"]), None, no_progress())
+    let report = push(&client, &repo, &image, &["v1"])
         .await
         .expect("push app");
     assert_eq!(report.blobs_mounted, 1, "{report:?}");
@@ -670,16 +611,9 @@ async fn gitea_mount_blob_reports_whether_it_mounted() {
     let client = gitea(env);
     let from = gitea_repo(env, "mount-from");
     let test = test_image(&common::unique_name("content"));
-    push_image(
-        &client,
-        &from,
-        &test.image,
-        &tags(&["v1"]),
-        None,
-        no_progress(),
-    )
-    .await
-    .expect("push");
+    push(&client, &from, &test.image, &["v1"])
+        .await
+        .expect("push");
     let to = gitea_repo(env, "mount-to");
     let layer = &test.image.layers[0].descriptor.digest;
     assert!(client.mount_blob(&to, layer, &from).await.expect("mount"));
@@ -701,16 +635,9 @@ async fn distribution_image_pushed_reads_back_identically_with_skopeo() {
     let client = registry(env);
     let repo = registry_repo("roundtrip");
     let test = test_image(&common::unique_name("content"));
-    let report = push_image(
-        &client,
-        &repo,
-        &test.image,
-        &tags(&["v1"]),
-        None,
-        no_progress(),
-    )
-    .await
-    .expect("push");
+    let report = push(&client, &repo, &test.image, &["v1"])
+        .await
+        .expect("push");
     assert_eq!(report.blobs_uploaded, 2);
     let raw = skopeo_raw(
         env,
@@ -719,16 +646,9 @@ async fn distribution_image_pushed_reads_back_identically_with_skopeo() {
         &env.registry_creds(),
     );
     assert_eq!(Digest::of(&raw), test.image.manifest_digest);
-    let second = push_image(
-        &client,
-        &repo,
-        &test.image,
-        &tags(&["v1"]),
-        None,
-        no_progress(),
-    )
-    .await
-    .expect("second push");
+    let second = push(&client, &repo, &test.image, &["v1"])
+        .await
+        .expect("second push");
     assert_eq!((second.bytes_uploaded, second.blobs_skipped), (0, 2));
 }
 
@@ -738,16 +658,9 @@ async fn distribution_tags_are_listed_added_and_deleted_by_digest() {
     let client = registry(env);
     let repo = registry_repo("tags");
     let test = test_image(&common::unique_name("content"));
-    push_image(
-        &client,
-        &repo,
-        &test.image,
-        &tags(&["v1"]),
-        None,
-        no_progress(),
-    )
-    .await
-    .expect("push");
+    push(&client, &repo, &test.image, &["v1"])
+        .await
+        .expect("push");
     client.tag(&repo, "v1", "v2").await.expect("tag");
     let mut listed = client.list_tags(&repo).await.expect("list");
     listed.sort();
@@ -772,7 +685,7 @@ async fn distribution_large_blob_goes_up_in_chunks() {
     let (blob, diff_id) = layer(dir.path(), &[("noise.bin", &noise)]);
     let image = assemble(vec![blob], &[diff_id], None);
     let repo = registry_repo("chunked");
-    push_image(&client, &repo, &image, &tags(&["big"]), None, no_progress())
+    push(&client, &repo, &image, &["big"])
         .await
         .expect("chunked push");
     let raw = skopeo_raw(
@@ -831,4 +744,109 @@ async fn base_layers_on_another_registry_are_streamed_across() {
         &env.gitea_creds(),
     );
     assert_eq!(Digest::of(&raw), image.manifest_digest);
+}
+
+// ---------------------------------------------------------------- measurement
+
+/// Peak resident memory of this process so far, in MiB.
+fn peak_rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib / 1024)
+}
+
+/// Throughput and memory of large blob uploads and downloads (not a pass/fail test):
+/// `IMAGEBUILD_BENCH_MIB=512 cargo test --release --test registry -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "measurement; run explicitly"]
+async fn measure_large_blob_transfers() {
+    let env = common::env();
+    let mib: u64 = std::env::var("IMAGEBUILD_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("blob");
+    {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
+        let mut chunk = vec![0u8; 1 << 20];
+        for _ in 0..mib {
+            fastrand::fill(&mut chunk);
+            file.write_all(&chunk).expect("write");
+        }
+    }
+    let mut hasher = oci::Sha256::default();
+    let mut reader = std::fs::File::open(&path).expect("open");
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut reader, &mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let blob = Blob {
+        descriptor: Descriptor {
+            media_type: oci::MEDIA_TYPE_LAYER_GZIP.to_owned(),
+            digest: hasher.finish(),
+            size: mib << 20,
+            platform: None,
+            annotations: Default::default(),
+        },
+        location: BlobLocation::File(path),
+    };
+    let cases = [
+        (
+            "gitea, one request",
+            gitea_config(env),
+            gitea_repo(env, "bench"),
+        ),
+        (
+            "gitea, 64 MiB chunks",
+            gitea_config(env),
+            gitea_repo(env, "bench"),
+        ),
+        (
+            "distribution, one request",
+            registry_config(env),
+            registry_repo("bench"),
+        ),
+        (
+            "distribution, 64 MiB chunks",
+            registry_config(env),
+            registry_repo("bench"),
+        ),
+    ];
+    for (label, mut config, repo) in cases {
+        if label.contains("chunks") {
+            config.max_request_body = 64 << 20;
+        }
+        let client = RegistryClient::new(config).expect("client");
+        let started = Instant::now();
+        client
+            .push_blob(&repo, &blob, no_progress())
+            .await
+            .expect("push");
+        let up = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let mut stream = client
+            .get_blob(&repo, &blob.descriptor.digest)
+            .await
+            .expect("get");
+        let mut received = 0u64;
+        while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+            received += chunk.expect("verified chunk").len() as u64;
+        }
+        let down = started.elapsed().as_secs_f64();
+        assert_eq!(received, blob.descriptor.size);
+        eprintln!(
+            "{label}: {mib} MiB up {up:.1}s ({:.0} MiB/s), down+verify {down:.1}s ({:.0} MiB/s), peak RSS {} MiB",
+            mib as f64 / up,
+            mib as f64 / down,
+            peak_rss_mib()
+        );
+    }
 }

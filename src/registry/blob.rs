@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt, TryStreamExt};
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
+use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -29,8 +29,6 @@ pub struct PushedBlob {
 
 /// Size of the pieces a request body is streamed in.
 const STREAM_CHUNK: usize = 256 * 1024;
-
-const OCTET_STREAM: &str = "application/octet-stream";
 
 /// A blob's bytes as they arrive from the registry. The digest is checked when the stream ends:
 /// a mismatch is its last item, so read it to the end before trusting the bytes.
@@ -112,15 +110,7 @@ impl RegistryClient {
         repository: &str,
         digest: &Digest,
     ) -> Result<bool, RegistryError> {
-        let url = self.url(&format!("/v2/{repository}/blobs/{digest}"));
-        let call = Call::new(
-            Method::HEAD,
-            url,
-            repository,
-            Access::Pull,
-            Operation::BlobExists,
-        )
-        .reference(digest.as_str());
+        let call = self.blob_call(Method::HEAD, repository, digest, Operation::BlobExists);
         let response = self.send(&call).await?;
         match response.status() {
             s if s.is_success() => Ok(true),
@@ -179,21 +169,25 @@ impl RegistryClient {
         repository: &str,
         digest: &Digest,
     ) -> Result<BlobStream, RegistryError> {
-        let url = self.url(&format!("/v2/{repository}/blobs/{digest}"));
-        let call = Call::new(
-            Method::GET,
-            url,
-            repository,
-            Access::Pull,
-            Operation::GetBlob,
-        )
-        .reference(digest.as_str())
-        .streamed_response();
+        let call = self
+            .blob_call(Method::GET, repository, digest, Operation::GetBlob)
+            .streamed_response();
         let response = self.send(&call).await?;
         if !response.status().is_success() {
             return Err(self.error_from(&call, response).await);
         }
         Ok(self.verified_stream(response, digest.clone()))
+    }
+
+    fn blob_call<'a>(
+        &self,
+        method: Method,
+        repository: &'a str,
+        digest: &Digest,
+        operation: Operation,
+    ) -> Call<'a> {
+        let url = self.url(&format!("/v2/{repository}/blobs/{digest}"));
+        Call::new(method, url, repository, Access::Pull, operation).reference(digest.as_str())
     }
 
     /// A whole small blob (a config), verified, retrying broken transfers.
@@ -381,17 +375,15 @@ impl RegistryClient {
         body: &UploadBody,
     ) -> Result<(), RegistryError> {
         let size = descriptor.size;
-        let call = Call::new(
+        let url = with_digest(session, &descriptor.digest);
+        let call = upload_call(
             Method::PUT,
-            with_digest(session, &descriptor.digest),
+            url,
             repository,
-            Access::Push,
+            descriptor,
             Operation::FinishUpload,
         )
-        .reference(descriptor.digest.as_str())
-        .header(CONTENT_TYPE, HeaderValue::from_static(OCTET_STREAM))
-        .header(CONTENT_LENGTH, HeaderValue::from(size))
-        .stream(body.stream(size), size);
+        .octets(body.stream(size), size);
         self.expect_created(&call).await
     }
 
@@ -409,22 +401,17 @@ impl RegistryClient {
         while offset < size {
             let len = self.max_request_body().min(size - offset);
             let range = format!("{}-{}", offset, offset + len - 1);
-            let call = Call::new(
+            let content_range = HeaderValue::from_str(&range)
+                .map_err(|e| self.invalid_response(Operation::UploadChunk, &e.to_string()))?;
+            let call = upload_call(
                 Method::PATCH,
                 session.clone(),
                 repository,
-                Access::Push,
+                descriptor,
                 Operation::UploadChunk,
             )
-            .reference(descriptor.digest.as_str())
-            .header(CONTENT_TYPE, HeaderValue::from_static(OCTET_STREAM))
-            .header(CONTENT_LENGTH, HeaderValue::from(len))
-            .header(
-                HeaderName::from_static("content-range"),
-                HeaderValue::from_str(&range)
-                    .map_err(|e| self.invalid_response(Operation::UploadChunk, &e.to_string()))?,
-            )
-            .stream(body.stream(len), len);
+            .header(HeaderName::from_static("content-range"), content_range)
+            .octets(body.stream(len), len);
             let response = self.send_once(&call).await?;
             if response.status() != StatusCode::ACCEPTED {
                 return Err(self.error_from(&call, response).await);
@@ -432,14 +419,14 @@ impl RegistryClient {
             session = self.resolve_location(response.headers(), Operation::UploadChunk)?;
             offset += len;
         }
-        let call = Call::new(
+        let url = with_digest(session, &descriptor.digest);
+        let call = upload_call(
             Method::PUT,
-            with_digest(session, &descriptor.digest),
+            url,
             repository,
-            Access::Push,
+            descriptor,
             Operation::FinishUpload,
-        )
-        .reference(descriptor.digest.as_str());
+        );
         self.expect_created(&call).await
     }
 
@@ -599,6 +586,18 @@ fn open_file(path: &Path, size: u64) -> Result<Box<dyn AsyncRead + Send + Unpin>
         )));
     }
     Ok(Box::new(tokio::fs::File::from_std(file)))
+}
+
+/// A request of the upload session at `url` for `descriptor`'s blob.
+fn upload_call<'a>(
+    method: Method,
+    url: Url,
+    repository: &'a str,
+    descriptor: &Descriptor,
+    operation: Operation,
+) -> Call<'a> {
+    Call::new(method, url, repository, Access::Push, operation)
+        .reference(descriptor.digest.as_str())
 }
 
 /// Adds `digest=` to an upload URL, keeping any query it already has (distribution's `_state`).

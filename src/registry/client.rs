@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, WWW_AUTHENTICATE};
+use reqwest::header::{
+    CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, WWW_AUTHENTICATE,
+};
 use reqwest::{Method, Response, StatusCode, Url};
 
 use super::auth::{self, Access, Challenge, Credentials, TokenCache, TokenResponse};
@@ -175,12 +177,10 @@ impl RegistryClient {
             let response = self.send_once(call).await?;
             let status = response.status();
             let headers = response.headers().clone();
-            let url = response.url().clone();
             let body = self.read_body(response, limit, call.operation).await?;
             Ok(Fetched {
                 status,
                 headers,
-                url,
                 body,
             })
         })
@@ -425,7 +425,6 @@ impl RegistryClient {
                 .map_err(|e| self.transport_error(e, Operation::Token, Some(timeout)))?;
             let status = response.status();
             let headers = response.headers().clone();
-            let response_url = response.url().clone();
             let body = self
                 .read_body(response, SMALL_BODY_LIMIT, Operation::Token)
                 .await?;
@@ -449,7 +448,6 @@ impl RegistryClient {
             Ok(Fetched {
                 status,
                 headers,
-                url: response_url,
                 body,
             })
         })
@@ -497,7 +495,7 @@ impl RegistryClient {
             Ok(Ok(body)) => body,
             _ => Bytes::new(),
         };
-        self.classify_with_wait(call, status, wait, &body)
+        self.classify(call, status, wait, &body)
     }
 
     /// HEAD answers carry no body, so the registry's error code is missing: ask again with GET
@@ -524,16 +522,6 @@ impl RegistryClient {
 
     /// Classifies a response whose body was already read.
     pub(crate) fn classify(
-        &self,
-        call: &Call<'_>,
-        status: StatusCode,
-        wait: Option<Duration>,
-        body: &[u8],
-    ) -> RegistryError {
-        self.classify_with_wait(call, status, wait, body)
-    }
-
-    fn classify_with_wait(
         &self,
         call: &Call<'_>,
         status: StatusCode,
@@ -614,8 +602,6 @@ impl RegistryClient {
 pub(crate) struct Fetched {
     pub status: StatusCode,
     pub headers: HeaderMap,
-    #[allow(dead_code)]
-    pub url: Url,
     pub body: Bytes,
 }
 
@@ -681,8 +667,14 @@ impl<'a> Call<'a> {
         self
     }
 
-    /// A body that can be sent only once (streamed from a file or another registry).
-    pub fn stream(mut self, body: reqwest::Body, size: u64) -> Self {
+    /// `size` bytes of blob data streamed from a file or another registry: can be sent once.
+    pub fn octets(mut self, body: reqwest::Body, size: u64) -> Self {
+        self.headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        // An explicit length keeps the body from going out chunked, which proxies may refuse.
+        self.headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
         self.body_size = Some(size);
         self.timeout = CallTimeout::Upload(size);
         self.body = CallBody::Stream(Mutex::new(Some(body)));

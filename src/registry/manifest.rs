@@ -12,7 +12,7 @@ use crate::oci::{self, Digest};
 use crate::reference::validate_tag;
 
 /// Registries refuse larger manifests (Gitea: 10 MiB); so do we, when reading.
-pub const MAX_MANIFEST_SIZE: usize = 10 * 1024 * 1024;
+pub(crate) const MAX_MANIFEST_SIZE: usize = 10 * 1024 * 1024;
 
 /// Every manifest kind we can read.
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \

@@ -803,21 +803,25 @@ fn https_client(server: &TestServer, host_name: &str, trust: TrustConfig) -> Reg
     RegistryClient::new(config).expect("client")
 }
 
+/// Serves a self-signed CA:true certificate for `names` valid `from`..`until`, then pings it as
+/// `connect_as` trusting that same certificate.
+async fn ping_pinned(
+    names: &[&str],
+    from: (i32, u8, u8),
+    until: (i32, u8, u8),
+    connect_as: &str,
+) -> Result<(), RegistryError> {
+    let cert = self_signed_ca_cert(names, from, until);
+    let server = TestServer::https(&cert.cert_pem, &cert.key_pem, |_| Reply::status(200)).await;
+    let trust = TrustConfig::from_pem(cert.cert_pem.as_bytes(), "Secret default/idpbuilder-cert")
+        .expect("pem");
+    https_client(&server, connect_as, trust).ping().await
+}
+
 #[tokio::test]
 async fn a_self_signed_ca_certificate_served_as_server_certificate_is_accepted_when_configured() {
-    let cert = self_signed_ca_cert(
-        &["localhost", "*.cnoe.localtest.me"],
-        (2020, 1, 1),
-        (2099, 1, 1),
-    );
-    let server = TestServer::https(&cert.cert_pem, &cert.key_pem, |_| Reply::status(200)).await;
-    let trust = TrustConfig::from_pem(
-        cert.cert_pem.as_bytes(),
-        "Secret default/idpbuilder-cert key ca.crt",
-    )
-    .expect("pem");
-    https_client(&server, "localhost", trust)
-        .ping()
+    let names = ["localhost", "*.cnoe.localtest.me"];
+    ping_pinned(&names, (2020, 1, 1), (2099, 1, 1), "localhost")
         .await
         .expect("pinned certificate accepted");
 }
@@ -844,11 +848,7 @@ async fn a_server_certificate_from_another_ca_is_untrusted_naming_the_ca_source(
 
 #[tokio::test]
 async fn connecting_by_a_name_the_certificate_lacks_is_a_hostname_mismatch() {
-    let cert = self_signed_ca_cert(&["localhost"], (2020, 1, 1), (2099, 1, 1));
-    let server = TestServer::https(&cert.cert_pem, &cert.key_pem, |_| Reply::status(200)).await;
-    let trust = TrustConfig::from_pem(cert.cert_pem.as_bytes(), "ca").expect("pem");
-    let err = https_client(&server, "127.0.0.1", trust)
-        .ping()
+    let err = ping_pinned(&["localhost"], (2020, 1, 1), (2099, 1, 1), "127.0.0.1")
         .await
         .unwrap_err();
     assert_eq!(err.reason(), "TlsHostnameMismatch");
@@ -857,11 +857,7 @@ async fn connecting_by_a_name_the_certificate_lacks_is_a_hostname_mismatch() {
 
 #[tokio::test]
 async fn an_expired_pinned_certificate_is_reported_as_expired() {
-    let cert = self_signed_ca_cert(&["localhost"], (2020, 1, 1), (2021, 1, 1));
-    let server = TestServer::https(&cert.cert_pem, &cert.key_pem, |_| Reply::status(200)).await;
-    let trust = TrustConfig::from_pem(cert.cert_pem.as_bytes(), "ca").expect("pem");
-    let err = https_client(&server, "localhost", trust)
-        .ping()
+    let err = ping_pinned(&["localhost"], (2020, 1, 1), (2021, 1, 1), "localhost")
         .await
         .unwrap_err();
     assert_eq!(err.reason(), "TlsCertificateExpired");
@@ -921,4 +917,43 @@ async fn https_to_a_plain_http_port_hints_at_http() {
         .unwrap_err();
     assert_eq!(err.reason(), "TlsHandshakeFailed");
     assert!(err.to_string().contains("http://"), "{err}");
+}
+
+// ---------------------------------------------------------------- Send
+
+/// The controller runs registry work on a multi-threaded runtime: every public future must be
+/// `Send` (async closures inside, for one, would break this).
+#[test]
+fn every_public_operation_is_send() {
+    fn send<T: Send>(_: T) {}
+    let client = RegistryClient::new(RegistryConfig::new("reg.example")).expect("client");
+    let dir = tempfile::tempdir().expect("dir");
+    let image = built_image(dir.path());
+    let digest = &image.manifest_digest;
+    let reference = crate::reference::ImageRef::parse("reg.example/o/base:1").expect("ref");
+    send(client.ping());
+    send(client.blob_exists("o/a", digest));
+    send(client.mount_blob("o/a", digest, "o/b"));
+    send(client.push_blob("o/a", &image.layers[0], no_progress()));
+    send(client.get_blob("o/a", digest));
+    send(client.get_manifest("o/a", "v1"));
+    send(client.head_manifest("o/a", "v1"));
+    send(client.put_manifest(
+        "o/a",
+        "v1",
+        image.manifest.clone(),
+        oci::MEDIA_TYPE_IMAGE_MANIFEST,
+    ));
+    send(client.list_tags("o/a"));
+    send(client.delete_tag("o/a", "v1"));
+    send(client.tag("o/a", "v1", "v2"));
+    send(push_image(
+        &client,
+        "o/a",
+        &image,
+        &[],
+        Some(&client),
+        no_progress(),
+    ));
+    send(fetch_base(&client, &reference, None));
 }
