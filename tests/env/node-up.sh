@@ -95,9 +95,18 @@ up_to_date() { args_current "$1" && [[ ! -e "$node_dir/changed/$1" ]]; }
 component_ok() { is_running "$1" && up_to_date "$1" && "${1//-/_}_healthy"; }
 
 start_component() { # NAME
-	local args
+	local args pid
 	mapfile -t args < <("args_${1//-/_}")
 	launch "$1" "$("exe_${1//-/_}")" "${args[@]}"
+	# launch records the pid of the forked shell; until that has exec'd the
+	# program, pid_of (which checks /proc/PID/exe) says it is not running and
+	# wait_healthy would report it dead. Wait for the exec.
+	pid="$(head -n1 "$state/run/$1.pid")"
+	for _ in $(seq 100); do
+		is_running "$1" && return 0
+		[[ -d "/proc/$pid" ]] || return 0
+		sleep 0.05
+	done
 }
 
 node_ready() {
