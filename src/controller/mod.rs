@@ -159,9 +159,20 @@ async fn controller(
     let store = controller.store();
     let ready_store = store.clone();
     tokio::spawn(async move {
-        if ready_store.wait_until_ready().await.is_ok() {
-            tracing::info!("ImageBuild cache synced; ready");
-            health.set_ready(true);
+        // Polled in short rounds: the store's readiness signal wakes only its latest waiter, and
+        // the controller's own runner waits on it too.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(200), ready_store.wait_until_ready())
+                .await
+            {
+                Ok(Ok(())) => {
+                    tracing::info!("ImageBuild cache synced; ready");
+                    health.set_ready(true);
+                    return;
+                }
+                Ok(Err(_)) => return,
+                Err(_) => {}
+            }
         }
     });
 
