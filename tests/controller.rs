@@ -208,7 +208,7 @@ fn invalid_specs_are_refused_by_the_api_server_with_a_readable_message() {
         assert!(stderr.contains(expected), "{spec}: {stderr}");
     }
     let both = format!(
-        "apiVersion: imagebuild.dev/v1alpha1\nkind: ImageBuild\nmetadata: {{name: bad, namespace: {ns}}}\nspec:\n  context: {{configMaps: [{{name: x}}], persistentVolumeClaim: {{claimName: y}}}}\n  image: gitea.example/owner/app\n"
+        "apiVersion: imagebuild.dev/v1alpha1\nkind: ImageBuild\nmetadata: {{name: bad, namespace: {ns}}}\nspec:\n  context: {{configMaps: [{{name: x}}], persistentVolumeClaim: {{claimName: src}}}}\n  image: gitea.example/owner/app\n"
     );
     let out = env.kubectl_stdin(&["apply", "-f", "-"], &both);
     assert!(
