@@ -8,35 +8,44 @@ use std::time::{Duration, Instant};
 
 use controller_support as ctl;
 
-fn lease_holder(lease: &str) -> String {
-    common::env()
-        .kubectl(&[
-            "get",
-            "lease",
-            lease,
-            "-n",
-            ctl::RELEASE_NAMESPACE,
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ])
-        .trim()
-        .to_owned()
+/// The chart's Role lets the controller touch only the release's Lease.
+const LEASE: &str = ctl::RELEASE;
+
+fn lease_holder() -> String {
+    let out = common::env().kubectl_output(&[
+        "get",
+        "lease",
+        LEASE,
+        "-n",
+        ctl::RELEASE_NAMESPACE,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 #[test]
 fn only_the_leader_builds_and_a_killed_leader_is_replaced_within_the_lease_time() {
     let env = common::env();
-    let lease = common::unique_name("lease");
-    let args = ["--leader-elect", "--lease-name", lease.as_str()];
+    // A Lease left by an earlier run would make the first replica wait for it to expire.
+    env.kubectl(&[
+        "delete",
+        "lease",
+        LEASE,
+        "-n",
+        ctl::RELEASE_NAMESPACE,
+        "--ignore-not-found",
+    ]);
+    let args = ["--leader-elect", "--lease-name", LEASE];
     let mut a = ctl::ControllerProcess::start("replica-a", &args);
     a.wait_ready();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while lease_holder(&lease).is_empty() && Instant::now() < deadline {
+    while lease_holder().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
     let b = ctl::ControllerProcess::start("replica-b", &args);
     b.wait_ready();
-    assert_eq!(lease_holder(&lease), "replica-a");
+    assert_eq!(lease_holder(), "replica-a");
 
     let ns = ctl::namespace("e2e-leader");
     let image = env.gitea_image(&common::unique_name("leader"));
@@ -56,7 +65,7 @@ fn only_the_leader_builds_and_a_killed_leader_is_replaced_within_the_lease_time(
     let killed = Instant::now();
     a.kill();
     let deadline = killed + Duration::from_secs(40);
-    while lease_holder(&lease) != "replica-b" {
+    while lease_holder() != "replica-b" {
         assert!(
             Instant::now() < deadline,
             "replica-b did not take over; log:\n{}",
