@@ -15,7 +15,7 @@ bash tests/env/up.sh
 source target/testenv/env.sh
 # Leave nothing running, whatever the outcome (set IMAGEBUILD_KEEP_ENV=1 to keep it for debugging).
 if [ -z "${IMAGEBUILD_KEEP_ENV:-}" ]; then
-  trap 'bash tests/env/down.sh' EXIT
+  trap 'bash tests/env/node-down.sh; bash tests/env/down.sh' EXIT
 fi
 
 cargo fmt --check

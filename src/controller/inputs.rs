@@ -9,14 +9,24 @@ use kube::{Api, Client, ResourceExt};
 
 use super::config::{ControllerConfig, RegistryProfile};
 use super::error::Error;
-use crate::api::{ImageBuild, REBUILD_ANNOTATION};
+use crate::api::{ImageBuild, PvcSource, REBUILD_ANNOTATION};
 use crate::build::{CaBundle, ContextFile, RegistryAccess};
 use crate::oci::Sha256;
 use crate::registry::Credentials;
 
+/// Where the files of a build are, once resolved.
+#[derive(Debug, Clone)]
+pub enum ResolvedContext {
+    /// Read from ConfigMaps.
+    Files(Vec<ContextFile>),
+    /// In a claim, read by a reader Pod when the build runs. Its files are not watched: a change
+    /// of the spec or of the `imagebuild.dev/rebuild` annotation rebuilds.
+    Claim(PvcSource),
+}
+
 /// Everything a build needs, resolved from the cluster.
 pub struct ResolvedInputs {
-    pub files: Vec<ContextFile>,
+    pub context: ResolvedContext,
     pub target: RegistryAccess,
     /// Access for the base image's host when it differs from the target's.
     pub base: Option<RegistryAccess>,
@@ -41,7 +51,7 @@ pub async fn resolve(
         .unwrap_or_default();
     digest.add("rebuild", rebuild.as_bytes());
 
-    let files = match (
+    let context = match (
         &spec.context.config_maps,
         &spec.context.persistent_volume_claim,
     ) {
@@ -58,9 +68,16 @@ pub async fn resolve(
                         })?;
                 files.extend(config_map_files(&namespace, &cm, source.items.as_deref())?);
             }
-            files
+            for file in &files {
+                digest.add(&file.path, &file.data);
+                digest.add(
+                    "mode",
+                    format!("{:?}/{}", file.mode, file.archive).as_bytes(),
+                );
+            }
+            ResolvedContext::Files(files)
         }
-        (None, Some(_)) => return Err(Error::PvcUnsupported),
+        (None, Some(claim)) => ResolvedContext::Claim(claim.clone()),
         _ => {
             return Err(Error::InvalidSpec {
                 field: "spec.context",
@@ -68,14 +85,6 @@ pub async fn resolve(
             });
         }
     };
-    for file in &files {
-        digest.add(&file.path, &file.data);
-        digest.add(
-            "mode",
-            format!("{:?}/{}", file.mode, file.archive).as_bytes(),
-        );
-    }
-
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let target_host = host_of(&spec.image);
     let target = access_for(ib, &target_host, client, &secrets, config, &mut digest).await?;
@@ -86,7 +95,7 @@ pub async fn resolve(
         _ => None,
     };
     Ok(ResolvedInputs {
-        files,
+        context,
         target,
         base,
         context_digest: digest.finish(),

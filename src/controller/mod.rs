@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod inputs;
 pub mod leader;
+pub mod pvc;
 pub mod reconcile;
 pub mod status;
 

@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 
 use super::config::{ControllerConfig, parse_duration};
 use super::error::Error;
-use super::inputs::{self, ResolvedInputs};
+use super::inputs::{self, ResolvedContext, ResolvedInputs};
 use super::status::{self, Readiness};
 use crate::api::{DeletionPolicy, FINALIZER, ImageBuild, Phase};
 use crate::build::{self, BuildJob, ContextSource};
@@ -81,7 +81,7 @@ fn wait_or_skip(ib: &ImageBuild, context_digest: &str) -> Option<Action> {
 async fn build(
     ib: &ImageBuild,
     api: &Api<ImageBuild>,
-    ctx: &Context,
+    ctx: &Arc<Context>,
     inputs: ResolvedInputs,
 ) -> Result<Action, Error> {
     let previous = ib.status.clone().unwrap_or_default();
@@ -198,7 +198,7 @@ async fn build(
 async fn build_and_push(
     ib: &ImageBuild,
     api: &Api<ImageBuild>,
-    ctx: &Context,
+    ctx: &Arc<Context>,
     inputs: &ResolvedInputs,
     building: &crate::api::ImageBuildStatus,
     timeout: Duration,
@@ -207,9 +207,13 @@ async fn build_and_push(
         .prefix("build-")
         .tempdir_in(&ctx.work_dir)
         .map_err(|e| Error::Build(build::BuildError::WorkDir(e)))?;
+    let source = match &inputs.context {
+        ResolvedContext::Files(files) => ContextSource::Files(files.clone()),
+        ResolvedContext::Claim(_) => ContextSource::Directory(work.path().join("context")),
+    };
     let job = BuildJob {
         spec: ib.spec.clone(),
-        source: ContextSource::Files(inputs.files.clone()),
+        source,
         target: inputs.target.clone(),
         base: inputs.base.clone(),
         work_dir: work.path().to_path_buf(),
@@ -219,7 +223,15 @@ async fn build_and_push(
     let (api, ib) = (api.clone(), ib.clone());
     let mut pushing = building.clone();
     pushing.phase = Some(Phase::Pushing);
+    let claim = match &inputs.context {
+        ResolvedContext::Claim(claim) => Some(claim.clone()),
+        ResolvedContext::Files(_) => None,
+    };
+    let ctx = ctx.clone();
     let task = tokio::spawn(async move {
+        if let (Some(claim), ContextSource::Directory(dir)) = (&claim, &job.source) {
+            super::pvc::fetch_context(&ctx, &ib, claim, dir).await?;
+        }
         let prepared = build::build_image(&job).await?;
         status::write(&api, &ib, &pushing).await?;
         Ok::<_, Error>(build::push_image(&job, prepared, crate::registry::no_progress()).await?)
