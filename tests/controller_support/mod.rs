@@ -47,6 +47,9 @@ pub fn install_chart() -> &'static Installed {
             "--wait=false",
             "--set-json",
             &format!("registries={profile}"),
+            // The controller runs on this host in these tests; no Pod of it may compete.
+            "--set",
+            "replicaCount=0",
         ]));
         let service_account = env
             .kubectl(&[
