@@ -555,3 +555,65 @@ fn helm_installs_a_chart_into_the_api_server() {
     );
     env.kubectl(&["delete", "namespace", &name, "--wait=false"]);
 }
+
+#[test]
+fn rbac_limits_a_service_account_token_until_a_role_grants_access() {
+    let env = env();
+    let ns = unique_name("rbac");
+    env.kubectl(&["create", "namespace", &ns]);
+    env.kubectl(&["-n", &ns, "create", "serviceaccount", "reader"]);
+    // TokenRequest: needs the service-account signing key flags.
+    let token = env.kubectl(&["-n", &ns, "create", "token", "reader", "--duration=10m"]);
+    let ca = env.dir.join("pki/ca.crt");
+    let as_reader = || {
+        env.cmd("kubectl")
+            .args(["--kubeconfig=/dev/null", "--server", &env.apiserver])
+            .arg(format!("--certificate-authority={}", ca.display()))
+            .args(["--token", token.trim(), "-n", &ns, "get", "configmaps"])
+            .output()
+            .unwrap()
+    };
+    let out = as_reader();
+    assert!(
+        !out.status.success(),
+        "a bare service account may list configmaps"
+    );
+    assert!(
+        stderr(&out).contains("forbidden"),
+        "unexpected error: {}",
+        stderr(&out)
+    );
+
+    env.kubectl(&[
+        "-n",
+        &ns,
+        "create",
+        "role",
+        "read-cm",
+        "--verb=list",
+        "--resource=configmaps",
+    ]);
+    let subject = format!("--serviceaccount={ns}:reader");
+    env.kubectl(&[
+        "-n",
+        &ns,
+        "create",
+        "rolebinding",
+        "read-cm",
+        "--role=read-cm",
+        &subject,
+    ]);
+    // The authorizer sees the new binding through its informer: allow a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut out = as_reader();
+    while !out.status.success() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        out = as_reader();
+    }
+    assert!(
+        out.status.success(),
+        "the role did not grant access: {}",
+        stderr(&out)
+    );
+    env.kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+}
