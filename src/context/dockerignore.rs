@@ -73,6 +73,7 @@ impl ExcludeRules {
         self.rules.iter().any(|r| r.exception)
     }
 
+    /// Whether there are no rules (nothing is excluded).
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
