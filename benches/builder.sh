@@ -5,6 +5,7 @@
 #
 #   benches/builder.sh            # table on stdout
 #   BENCH_LEVELS="4 6" benches/builder.sh   # our gzip levels to measure (default: 4 5 6)
+#   BENCH_RUNS=3 benches/builder.sh         # runs per tool, the fastest is kept (default 1)
 #
 # Needs gzip, pigz and /usr/bin/time (apt-get install -y pigz time). The machine is shared:
 # every tool runs in the same invocation, after a warm-up read, so the ratios between rows
@@ -16,6 +17,7 @@ bench_dir=target/bench
 context=$bench_dir/context
 out=$bench_dir/out
 levels=${BENCH_LEVELS:-"4 5 6"}
+runs=${BENCH_RUNS:-1}
 
 need() {
   command -v "$1" >/dev/null 2>&1 || {
@@ -41,26 +43,36 @@ input_bytes=$(tar -c --sort=name -C "$context" . | wc -c)
 files=$(find "$context" -type f | wc -l)
 
 rows=()
-# measure LABEL OUTPUT_FILE_OR_- COMMAND...: appends "label wall rss bytes" to rows.
+# measure LABEL OUTPUT_FILE_OR_- COMMAND...: runs COMMAND $runs times and appends
+# "label;fastest wall;largest RSS;bytes;cpu seconds of the fastest run" to rows.
 measure() {
   local label=$1 output=$2
   shift 2
-  local timing stdout start end bytes
-  timing=$(mktemp)
-  stdout=$(mktemp)
-  start=$(date +%s.%N)
-  /usr/bin/time -v -o "$timing" "$@" >"$stdout"
-  end=$(date +%s.%N)
-  if [ "$output" = - ]; then
-    bytes=$(sed -n 's/^compressed_bytes=//p' "$stdout")
-  else
-    bytes=$(stat -c %s "$output")
-    rm -f "$output"
-  fi
-  local rss
-  rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$timing")
-  rows+=("$label|$(awk -v s="$start" -v e="$end" 'BEGIN { printf "%.2f", e - s }')|$rss|$bytes")
-  rm -f "$timing" "$stdout"
+  local best="" best_cpu="" rss_max=0 bytes="" run
+  for ((run = 0; run < runs; run++)); do
+    local timing stdout start end wall rss cpu
+    timing=$(mktemp)
+    stdout=$(mktemp)
+    start=$(date +%s.%N)
+    /usr/bin/time -v -o "$timing" "$@" >"$stdout"
+    end=$(date +%s.%N)
+    if [ "$output" = - ]; then
+      bytes=$(sed -n 's/^compressed_bytes=//p' "$stdout")
+    else
+      bytes=$(stat -c %s "$output")
+      rm -f "$output"
+    fi
+    rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$timing")
+    cpu=$(awk -F': ' '/User time|System time/ { t += $2 } END { printf "%.2f", t }' "$timing")
+    wall=$(awk -v s="$start" -v e="$end" 'BEGIN { printf "%.2f", e - s }')
+    if [ -z "$best" ] || awk -v a="$best" -v b="$wall" 'BEGIN { exit !(b < a) }'; then
+      best=$wall
+      best_cpu=$cpu
+    fi
+    rss_max=$((rss > rss_max ? rss : rss_max))
+    rm -f "$timing" "$stdout"
+  done
+  rows+=("$label;$best;$rss_max;$bytes;$best_cpu")
 }
 
 echo "measuring (load before: $(cut -d' ' -f1-3 /proc/loadavg))..." >&2
@@ -73,19 +85,20 @@ for level in $levels; do
 done
 measure "imagebuild zstd 3" - "$binary" "$context" --out "$out" --zstd 3
 
-gzip_bytes=$(echo "${rows[0]}" | cut -d'|' -f4)
-pigz_wall=$(echo "${rows[1]}" | cut -d'|' -f2)
+gzip_bytes=$(echo "${rows[0]}" | cut -d';' -f4)
+pigz_wall=$(echo "${rows[1]}" | cut -d';' -f2)
 
 echo
 echo "context: $files files, $((input_bytes / 1000000)) MB as tar; 2 cores; load after: $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-22s %8s %8s %14s %10s %10s %12s\n' \
-  tool "wall s" "MB/s" "compressed" "vs gzip-6" "peak RSS" "vs pigz"
+printf '%-22s %8s %8s %8s %14s %10s %10s %9s\n' \
+  tool "wall s" "MB/s" "cpu s" "compressed" "vs gzip-6" "peak RSS" "vs pigz"
 for row in "${rows[@]}"; do
-  IFS='|' read -r label wall rss bytes <<<"$row"
-  awk -v l="$label" -v w="$wall" -v r="$rss" -v b="$bytes" -v input="$input_bytes" \
+  IFS=';' read -r label wall rss bytes cpu <<<"$row"
+  awk -v l="$label" -v w="$wall" -v r="$rss" -v b="$bytes" -v c="$cpu" -v input="$input_bytes" \
       -v g="$gzip_bytes" -v p="$pigz_wall" 'BEGIN {
-    printf "%-22s %8.2f %8.1f %14d %+9.2f%% %7.1f MB %11.2fx\n",
-      l, w, input / w / 1e6, b, (b / g - 1) * 100, r / 1024, p / w
+    printf "%-22s %8.2f %8.1f %8.2f %14d %+9.2f%% %7.1f MB %8.2fx\n",
+      l, w, input / w / 1e6, c, b, (b / g - 1) * 100, r / 1024, p / w
   }'
 done
-echo "(peak RSS of a pipeline is its largest process; MB/s counts uncompressed tar bytes)"
+echo "(MB/s counts uncompressed tar bytes; cpu s is user+sys, steadier than wall on a busy"
+echo " machine; the peak RSS of a pipeline is that of its largest process)"

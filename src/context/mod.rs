@@ -255,6 +255,8 @@ pub enum ContextError {
         pattern: String,
         reason: String,
     },
+    #[error("{origin}: a .dockerignore must be UTF-8 text")]
+    NotText { origin: String },
     #[error("{} changed while the context was read; build again", path.display())]
     Changed { path: PathBuf },
 }
