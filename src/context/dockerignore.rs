@@ -239,6 +239,17 @@ mod tests {
     }
 
     #[test]
+    fn docker_documentation_examples_behave_as_documented() {
+        let r = rules(&["*/temp*", "*/*/temp*", "temp?"]);
+        assert!(r.excludes("somedir/temporary.txt"));
+        assert!(r.excludes("somedir/temp"));
+        assert!(r.excludes("somedir/subdir/temporary.txt"));
+        assert!(r.excludes("tempa"));
+        assert!(!r.excludes("temporary.txt"));
+        assert!(!r.excludes("a/b/c/temp"));
+    }
+
+    #[test]
     fn double_star_matches_at_any_depth_including_the_root() {
         let r = rules(&["**/*.md"]);
         assert!(r.excludes("README.md"));
