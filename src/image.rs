@@ -19,14 +19,19 @@ use crate::oci::{self, BaseImage, Blob, BlobLocation, BuiltImage, Descriptor, Di
 pub struct ImageSpec {
     /// For scratch images (default linux/amd64); with a base image the base's platform wins.
     pub platform: Option<Platform>,
+    /// `Entrypoint`; on a base image, setting it without `cmd` drops the base's `Cmd`.
     pub entrypoint: Option<Vec<String>>,
+    /// `Cmd`.
     pub cmd: Option<Vec<String>>,
     /// Merged by name into the base's `Env`; a later duplicate name wins.
     pub env: Vec<(String, String)>,
+    /// `WorkingDir`.
     pub working_dir: Option<String>,
+    /// `User`, e.g. `65532` or `app:app`.
     pub user: Option<String>,
     /// `8080/tcp`, `53/udp` or `8080` (meaning tcp).
     pub exposed_ports: Vec<String>,
+    /// Config labels, merged into the base's.
     pub labels: BTreeMap<String, String>,
     /// Manifest annotations.
     pub annotations: BTreeMap<String, String>,

@@ -78,6 +78,7 @@ impl Compression {
 pub struct LayerOptions {
     /// Absolute directory in the image where the tree's root lands, e.g. `/` or `/srv/www`.
     pub destination_path: String,
+    /// gzip (default) or zstd, with a level.
     pub compression: Compression,
     /// mtime of every entry (`SOURCE_DATE_EPOCH`); `None` means 0.
     pub source_date_epoch: Option<i64>,
@@ -103,9 +104,11 @@ pub struct LayerBlob {
     pub descriptor: Descriptor,
     /// sha256 of the uncompressed tar: what the image config's `rootfs.diff_ids` lists.
     pub diff_id: Digest,
+    /// Bytes of the uncompressed tar.
     pub uncompressed_size: u64,
     /// `out_dir/<hex of the digest>`.
     pub path: PathBuf,
+    /// Timings, for logs and metrics.
     pub stats: LayerStats,
 }
 

@@ -73,6 +73,7 @@ impl ExcludeRules {
         self.rules.iter().any(|r| r.exception)
     }
 
+    /// Whether there are no rules (nothing is excluded).
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
@@ -235,6 +236,17 @@ mod tests {
         let r = rules(&["*.md"]);
         assert!(r.excludes("README.md"));
         assert!(!r.excludes("docs/guide.md"));
+    }
+
+    #[test]
+    fn docker_documentation_examples_behave_as_documented() {
+        let r = rules(&["*/temp*", "*/*/temp*", "temp?"]);
+        assert!(r.excludes("somedir/temporary.txt"));
+        assert!(r.excludes("somedir/temp"));
+        assert!(r.excludes("somedir/subdir/temporary.txt"));
+        assert!(r.excludes("tempa"));
+        assert!(!r.excludes("temporary.txt"));
+        assert!(!r.excludes("a/b/c/temp"));
     }
 
     #[test]

@@ -75,9 +75,8 @@ fn exclude_rules(
     let mut rules = ExcludeRules::default();
     let ignore_file = items.iter().find(|i| !i.archive && i.path == DOCKERIGNORE);
     if let (true, Some(item)) = (opts.honour_dockerignore, ignore_file) {
-        let text = std::str::from_utf8(&item.data).map_err(|_| ContextError::Archive {
+        let text = std::str::from_utf8(&item.data).map_err(|_| ContextError::NotText {
             origin: item.source.clone(),
-            reason: "the .dockerignore is not valid UTF-8 text".into(),
         })?;
         rules.extend(&item.source, dockerignore_patterns(text))?;
     }

@@ -79,6 +79,7 @@ pub struct ContextItem {
     pub path: String,
     /// Permission bits; `None` means `0o644`.
     pub mode: Option<u32>,
+    /// The file's bytes (or the archive's, with `archive`).
     pub data: Bytes,
     /// Unpack `data` as a tar archive instead of storing it as one file.
     pub archive: bool,
@@ -109,6 +110,7 @@ pub struct Entry {
     pub path: String,
     /// Permission bits as they go into the tar header.
     pub mode: u32,
+    /// Directory, file or symlink.
     pub kind: EntryKind,
 }
 
@@ -165,6 +167,7 @@ impl FileTree {
         self.entries.len()
     }
 
+    /// Whether the tree has no entries (the layer then holds only `destinationPath`).
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -252,6 +255,8 @@ pub enum ContextError {
         pattern: String,
         reason: String,
     },
+    #[error("{origin}: a .dockerignore must be UTF-8 text")]
+    NotText { origin: String },
     #[error("{} changed while the context was read; build again", path.display())]
     Changed { path: PathBuf },
 }

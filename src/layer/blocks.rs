@@ -29,6 +29,10 @@ use crate::oci::{Digest, Sha256};
 /// well under 1% of ratio, small enough to keep both cores busy on small layers.
 pub const BLOCK_SIZE: usize = 1 << 20;
 
+/// More workers than this buy little and would grow the buffer pool past the memory budget
+/// (each worker keeps two 1 MiB blocks and their compressed copies in flight).
+const MAX_WORKERS: usize = 16;
+
 /// What the pipeline measured and produced.
 #[derive(Debug, Default)]
 pub struct Output {
@@ -53,7 +57,7 @@ pub fn run<F>(
 where
     F: FnOnce(&mut Sink) -> Result<(), LayerError>,
 {
-    let workers = workers.max(1);
+    let workers = workers.clamp(1, MAX_WORKERS);
     let slots = workers * 2 + 2;
     let (free_tx, free_rx) = channel();
     for _ in 0..slots {
