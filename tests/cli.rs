@@ -1,0 +1,524 @@
+//! The command line against the real registries: what `imagebuild build / push / list / tag`
+//! leave in Gitea (trusting only idpbuilder's kind of certificate) and in the distribution
+//! registry, judged by skopeo and umoci, and how each failure reads.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::TestEnv;
+
+/// The digest of `examples/hello-site` built with no SOURCE_DATE_EPOCH: any change to the
+/// layer or image format shows up here first.
+const HELLO_SITE_DIGEST: &str =
+    "sha256:e4e144dbfb3658441b0d10f5e8f864965da394a525f09f4f8f7c93b7d1134b49";
+
+fn imagebuild() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_imagebuild"));
+    cmd.env_remove("SOURCE_DATE_EPOCH");
+    cmd
+}
+
+/// Runs imagebuild with `stdin`; returns the whole output.
+fn run(args: &[&str], stdin: &str) -> Output {
+    common::output_with_stdin(imagebuild().args(args), stdin.as_bytes())
+}
+
+fn stdout_ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "imagebuild failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Which registry a test pushes to.
+struct Target {
+    host: String,
+    owner: String,
+    ca: PathBuf,
+    user: String,
+    password: String,
+}
+
+fn gitea(env: &TestEnv) -> Target {
+    Target {
+        host: env.gitea.clone(),
+        owner: env.gitea_owner.clone(),
+        ca: env.gitea_ca.clone(),
+        user: env.gitea_user.clone(),
+        password: env.gitea_password.clone(),
+    }
+}
+
+fn distribution(env: &TestEnv) -> Target {
+    Target {
+        host: env.registry.clone(),
+        owner: "tests".into(),
+        ca: env.registry_ca.clone(),
+        user: env.registry_user.clone(),
+        password: env.registry_password.clone(),
+    }
+}
+
+impl Target {
+    fn repo(&self, name: &str) -> String {
+        format!("{}/{}/{}", self.host, self.owner, name)
+    }
+    fn flags(&self) -> Vec<String> {
+        vec![
+            "--ca-file".into(),
+            self.ca.to_string_lossy().into_owned(),
+            "--username".into(),
+            self.user.clone(),
+            "--password-stdin".into(),
+        ]
+    }
+    /// The digest the registry serves for `reference`, read by skopeo.
+    fn served_digest(&self, env: &TestEnv, reference: &str) -> String {
+        let certs = env.cert_dir(&self.ca);
+        let raw = common::output(env.cmd("skopeo").args([
+            "inspect",
+            "--raw",
+            "--cert-dir",
+            &certs.path().to_string_lossy(),
+            "--creds",
+            &format!("{}:{}", self.user, self.password),
+            &format!("docker://{reference}"),
+        ]));
+        assert!(
+            raw.status.success(),
+            "skopeo: {}",
+            String::from_utf8_lossy(&raw.stderr)
+        );
+        imagebuild::oci::Digest::of(&raw.stdout).to_string()
+    }
+    /// Pulls `reference` with skopeo and unpacks it with umoci; returns the bundle directory.
+    fn pull(&self, env: &TestEnv, reference: &str) -> tempfile::TempDir {
+        let certs = env.cert_dir(&self.ca);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = dir.path().join("layout");
+        common::run_ok(env.cmd("skopeo").args([
+            "copy",
+            "--src-cert-dir",
+            &certs.path().to_string_lossy(),
+            "--src-creds",
+            &format!("{}:{}", self.user, self.password),
+            &format!("docker://{reference}"),
+            &format!("oci:{}:pulled", layout.display()),
+        ]));
+        common::run_ok(env.cmd("umoci").args([
+            "unpack",
+            "--rootless",
+            "--image",
+            &format!("{}:pulled", layout.display()),
+            &dir.path().join("bundle").to_string_lossy(),
+        ]));
+        dir
+    }
+}
+
+/// A context with a nested file, an executable, a symlink and a long name.
+fn write_context(root: &Path) {
+    std::fs::create_dir_all(root.join("site/assets")).expect("dirs");
+    std::fs::write(root.join("site/index.html"), "<h1>cli</h1>").expect("index");
+    std::fs::write(root.join("run.sh"), "#!/bin/sh\necho run\n").expect("run.sh");
+    std::fs::set_permissions(root.join("run.sh"), std::fs::Permissions::from_mode(0o750))
+        .expect("chmod");
+    std::os::unix::fs::symlink("site/index.html", root.join("home.html")).expect("symlink");
+    let long = "n".repeat(120);
+    std::fs::write(root.join("site/assets").join(&long), "long").expect("long name");
+    std::fs::write(root.join("notes.md"), "excluded").expect("notes");
+}
+
+fn image_build_file(dir: &Path, image: &str, extra: &str) -> PathBuf {
+    let path = dir.join("imagebuild.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: imagebuild.dev/v1alpha1\nkind: ImageBuild\nmetadata: {{name: cli}}\nspec:\n  context: {{persistentVolumeClaim: {{claimName: unused}}}}\n  image: {image}\n  tags: [latest, v1]\n  destinationPath: /app\n  exclude: ['*.md']\n  config:\n    entrypoint: [/app/run.sh]\n    env: [{{name: MODE, value: test}}]\n    workingDir: /app\n    user: '65532'\n{extra}"
+        ),
+    )
+    .expect("write imagebuild.yaml");
+    path
+}
+
+fn push_context(target: &Target, file: &Path, context: &Path) -> (String, String) {
+    let mut args = vec![
+        "build",
+        "-f",
+        file.to_str().expect("utf8"),
+        "--context",
+        context.to_str().expect("utf8"),
+        "--push",
+    ];
+    let flags = target.flags();
+    args.extend(flags.iter().map(String::as_str));
+    let out = run(&args, &target.password);
+    let stdout = stdout_ok(&out);
+    (stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn pushed_image_holds_the_context(target: Target) {
+    let env = common::env();
+    let work = tempfile::tempdir().expect("tempdir");
+    let context = work.path().join("ctx");
+    write_context(&context);
+    let image = target.repo(&common::unique_name("cli"));
+    let file = image_build_file(work.path(), &image, "");
+    let (image_ref, _) = push_context(&target, &file, &context);
+
+    let (repo, digest) = image_ref.split_once('@').expect("image@digest on stdout");
+    assert_eq!(repo, image);
+    for tag in ["latest", "v1"] {
+        assert_eq!(
+            target.served_digest(env, &format!("{image}:{tag}")),
+            digest,
+            "tag {tag}"
+        );
+    }
+    let bundle = target.pull(env, &image_ref);
+    let app = bundle.path().join("bundle/rootfs/app");
+    assert_eq!(
+        std::fs::read_to_string(app.join("site/index.html")).expect("index"),
+        "<h1>cli</h1>"
+    );
+    let mode = |p: &str| {
+        std::fs::symlink_metadata(app.join(p))
+            .expect(p)
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("run.sh"), 0o755, "owner-executable files become 0755");
+    assert_eq!(mode("site/index.html"), 0o644);
+    assert_eq!(
+        std::fs::read_link(app.join("home.html")).expect("symlink"),
+        Path::new("site/index.html")
+    );
+    assert!(
+        app.join("site/assets").join("n".repeat(120)).exists(),
+        "long name"
+    );
+    assert!(!app.join("notes.md").exists(), "exclude pattern applied");
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(bundle.path().join("bundle/config.json")).expect("runtime config"),
+    )
+    .expect("json");
+    assert_eq!(config["process"]["args"][0], "/app/run.sh");
+    assert_eq!(config["process"]["cwd"], "/app");
+    assert_eq!(config["process"]["user"]["uid"], 65532);
+    assert!(
+        config["process"]["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .any(|e| e == "MODE=test")
+    );
+}
+
+#[test]
+fn an_image_pushed_to_gitea_is_served_with_our_digest_and_holds_the_files_modes_symlinks_and_config()
+ {
+    pushed_image_holds_the_context(gitea(common::env()));
+}
+
+#[test]
+fn an_image_pushed_to_the_distribution_registry_is_served_with_our_digest_and_holds_the_files() {
+    pushed_image_holds_the_context(distribution(common::env()));
+}
+
+#[test]
+fn the_example_builds_to_its_pinned_digest_every_time() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let example = common::repo_root().join("examples/hello-site/imagebuild.yaml");
+    for n in 0..2 {
+        let out_dir = work.path().join(format!("oci{n}"));
+        let out = run(
+            &[
+                "build",
+                "-f",
+                &example.to_string_lossy(),
+                "--output",
+                &out_dir.to_string_lossy(),
+            ],
+            "",
+        );
+        assert_eq!(stdout_ok(&out), HELLO_SITE_DIGEST);
+    }
+}
+
+#[test]
+fn build_to_a_layout_then_push_gives_the_digest_of_a_direct_push() {
+    let env = common::env();
+    let target = gitea(env);
+    let work = tempfile::tempdir().expect("tempdir");
+    let context = work.path().join("ctx");
+    write_context(&context);
+    let image = target.repo(&common::unique_name("layout"));
+    let file = image_build_file(work.path(), &image, "");
+    let layout = work.path().join("oci");
+    let built = stdout_ok(&run(
+        &[
+            "build",
+            "-f",
+            &file.to_string_lossy(),
+            "--context",
+            &context.to_string_lossy(),
+            "--output",
+            &layout.to_string_lossy(),
+        ],
+        "",
+    ));
+    let mut args = vec![
+        "push".to_owned(),
+        format!("{}:v1", layout.display()),
+        format!("{image}:v1"),
+    ];
+    args.extend(target.flags());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let pushed = stdout_ok(&run(&args, &target.password));
+    assert_eq!(pushed, format!("{image}@{built}"));
+    let (direct, _) = push_context(&target, &file, &context);
+    assert_eq!(direct, pushed);
+}
+
+#[test]
+fn an_image_on_a_base_reuses_the_base_layers_and_a_second_push_uploads_nothing() {
+    let env = common::env();
+    let target = gitea(env);
+    let work = tempfile::tempdir().expect("tempdir");
+    // The base: an image of its own, pushed first.
+    let base_ctx = work.path().join("base");
+    std::fs::create_dir_all(base_ctx.join("bin")).expect("base dirs");
+    std::fs::write(base_ctx.join("bin/tool"), "tool").expect("tool");
+    let base = target.repo(&common::unique_name("base"));
+    let base_file = image_build_file(&work.path().join("."), &base, "");
+    let (base_ref, _) = push_context(&target, &base_file, &base_ctx);
+
+    let app_dir = work.path().join("app");
+    std::fs::create_dir_all(&app_dir).expect("app dir");
+    let context = work.path().join("ctx");
+    write_context(&context);
+    let image = target.repo(&common::unique_name("onbase"));
+    let file = image_build_file(&app_dir, &image, &format!("  from: {base}:v1\n"));
+    let (first, first_log) = push_context(&target, &file, &context);
+    let (second, second_log) = push_context(&target, &file, &context);
+    assert_eq!(first, second, "same inputs, same digest");
+    assert!(!first_log.contains("(0 bytes uploaded)"), "{first_log}");
+    assert!(
+        second_log.contains("(0 bytes uploaded)"),
+        "second push uploaded blobs: {second_log}"
+    );
+
+    let manifest = |reference: &str| -> serde_json::Value {
+        let certs = env.cert_dir(&target.ca);
+        let raw = common::run_ok(env.cmd("skopeo").args([
+            "inspect",
+            "--raw",
+            "--cert-dir",
+            &certs.path().to_string_lossy(),
+            "--creds",
+            &env.gitea_creds(),
+            &format!("docker://{reference}"),
+        ]));
+        serde_json::from_str(&raw).expect("manifest json")
+    };
+    let base_layers = manifest(&base_ref)["layers"]
+        .as_array()
+        .expect("layers")
+        .clone();
+    let layers = manifest(&first)["layers"]
+        .as_array()
+        .expect("layers")
+        .clone();
+    assert_eq!(layers.len(), base_layers.len() + 1);
+    assert_eq!(
+        layers[..base_layers.len()],
+        base_layers[..],
+        "base layers unchanged"
+    );
+    let bundle = target.pull(env, &first);
+    assert!(
+        bundle.path().join("bundle/rootfs/app/bin/tool").exists(),
+        "base files present"
+    );
+    assert!(
+        bundle
+            .path()
+            .join("bundle/rootfs/app/site/index.html")
+            .exists(),
+        "our files present"
+    );
+}
+
+#[test]
+fn list_and_tag_work_without_uploading() {
+    let env = common::env();
+    let target = gitea(env);
+    let work = tempfile::tempdir().expect("tempdir");
+    let context = work.path().join("ctx");
+    write_context(&context);
+    let image = target.repo(&common::unique_name("tags"));
+    let file = image_build_file(work.path(), &image, "");
+    let (image_ref, _) = push_context(&target, &file, &context);
+    let digest = image_ref.split_once('@').expect("digest").1;
+
+    let mut tag_args = vec!["tag".to_owned(), format!("{image}:v1"), "v2".into()];
+    tag_args.extend(target.flags());
+    let tag_args: Vec<&str> = tag_args.iter().map(String::as_str).collect();
+    assert_eq!(stdout_ok(&run(&tag_args, &target.password)), digest);
+    let mut list_args = vec!["list".to_owned(), image.clone()];
+    list_args.extend(target.flags());
+    let list_args: Vec<&str> = list_args.iter().map(String::as_str).collect();
+    let tags = stdout_ok(&run(&list_args, &target.password));
+    assert_eq!(tags.lines().collect::<Vec<_>>(), ["latest", "v1", "v2"]);
+}
+
+/// Runs a registry command expected to fail: (exit code, stderr).
+fn failure(args: &[&str], stdin: &str) -> (i32, String) {
+    let out = run(args, stdin);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "succeeded: {args:?}");
+    assert_eq!(
+        stderr.trim().lines().count(),
+        1,
+        "one line on stderr: {stderr}"
+    );
+    (out.status.code().expect("exit code"), stderr)
+}
+
+#[test]
+fn each_registry_failure_has_its_own_message_and_exit_code_and_shows_no_secret() {
+    let env = common::env();
+    let ca = env.gitea_ca.to_string_lossy().into_owned();
+    let repo = format!("{}/{}/hello-site", env.gitea, env.gitea_owner);
+    let user = env.gitea_user.as_str();
+    let port = env.gitea.rsplit_once(':').expect("port").1;
+    let other_ca = env.registry_ca.to_string_lossy().into_owned();
+
+    let cases: Vec<(&str, Vec<String>, &str, i32, &str)> = vec![
+        (
+            "wrong password",
+            vec![
+                "list".into(),
+                repo.clone(),
+                "--ca-file".into(),
+                ca.clone(),
+                "--username".into(),
+                user.into(),
+                "--password-stdin".into(),
+            ],
+            "wr0ng:p@ss",
+            3,
+            "refused the credentials of user",
+        ),
+        (
+            "unknown owner",
+            vec![
+                "list".into(),
+                format!("{}/nosuchowner/app", env.gitea),
+                "--ca-file".into(),
+                ca.clone(),
+                "--username".into(),
+                user.into(),
+                "--password-stdin".into(),
+            ],
+            env.gitea_password.as_str(),
+            4,
+            "does not exist",
+        ),
+        (
+            "upper-case name",
+            vec![
+                "list".into(),
+                format!("{}/GiteaAdmin/App", env.gitea),
+                "--ca-file".into(),
+                ca.clone(),
+            ],
+            "",
+            2,
+            "must be lower case",
+        ),
+        (
+            "wrong CA",
+            vec!["list".into(), repo.clone(), "--ca-file".into(), other_ca],
+            " ",
+            5,
+            "not trusted",
+        ),
+        (
+            "host-name mismatch",
+            vec![
+                "list".into(),
+                format!("localhost:{port}/giteaadmin/app"),
+                "--ca-file".into(),
+                ca.clone(),
+            ],
+            "",
+            5,
+            "not valid for the name `localhost`",
+        ),
+        (
+            "unreachable host",
+            vec![
+                "list".into(),
+                "gitea.cnoe.localtest.me:1/giteaadmin/app".into(),
+                "--ca-file".into(),
+                ca.clone(),
+            ],
+            "",
+            6,
+            "cannot reach",
+        ),
+    ];
+    for (what, args, stdin, code, expected) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (exit, stderr) = failure(&args, stdin);
+        assert_eq!(exit, code, "{what}: {stderr}");
+        assert!(stderr.contains(expected), "{what}: {stderr}");
+        for secret in [
+            env.gitea_password.as_str(),
+            env.gitea_token.as_str(),
+            "wr0ng:p@ss",
+        ] {
+            assert!(!stderr.contains(secret), "{what}: a secret in the message");
+        }
+    }
+}
+
+#[test]
+fn from_cluster_reads_the_idpbuilder_secrets_of_the_current_context() {
+    let env = common::env();
+    let target = gitea(env);
+    let work = tempfile::tempdir().expect("tempdir");
+    let context = work.path().join("ctx");
+    write_context(&context);
+    let image = target.repo(&common::unique_name("fromcluster"));
+    let file = image_build_file(work.path(), &image, "");
+    let out = common::output(imagebuild().envs(&env.vars).args([
+        "build",
+        "-f",
+        &file.to_string_lossy(),
+        "--context",
+        &context.to_string_lossy(),
+        "--push",
+        "--from-cluster",
+    ]));
+    let image_ref = stdout_ok(&out);
+    let listed =
+        common::output(
+            imagebuild()
+                .envs(&env.vars)
+                .args(["list", &image, "--from-cluster"]),
+        );
+    assert_eq!(
+        stdout_ok(&listed).lines().collect::<Vec<_>>(),
+        ["latest", "v1"]
+    );
+    assert!(image_ref.starts_with(&image));
+}
