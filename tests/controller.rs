@@ -351,3 +351,90 @@ fn metrics_count_builds_and_readyz_answers() {
         Some(200)
     );
 }
+
+/// An example file with its registry host pointed at the test Gitea, in namespace `ns`.
+fn example_in(path: &str, ns: &str) -> String {
+    let env = common::env();
+    let text = std::fs::read_to_string(common::repo_root().join(path)).expect("example");
+    text.replace("gitea.cnoe.localtest.me:8443", &env.gitea)
+        .replace(
+            "metadata:\n  name:",
+            &format!("metadata:\n  namespace: {ns}\n  name:"),
+        )
+}
+
+#[test]
+fn the_hello_site_example_builds_in_the_cluster_to_the_digest_of_a_local_build() {
+    let env = common::env();
+    drop(start());
+    let ns = ctl::namespace("e2e-example");
+    env.kubectl_apply(&example_in("examples/hello-site/imagebuild.yaml", &ns));
+    let ib = ctl::wait_settled(&ns, "hello-site", SETTLE);
+    assert_eq!(
+        ctl::ready(&ib).map(|r| r.0).as_deref(),
+        Some("True"),
+        "{ib:#}"
+    );
+
+    let local = common::run_ok(
+        std::process::Command::new(env!("CARGO_BIN_EXE_imagebuild"))
+            .env_remove("SOURCE_DATE_EPOCH")
+            .args([
+                "build",
+                "-f",
+                "examples/hello-site/imagebuild.yaml",
+                "--output",
+            ])
+            .arg(tempfile::tempdir().expect("tempdir").path().join("oci"))
+            .current_dir(common::repo_root()),
+    );
+    assert_eq!(ib["status"]["digest"].as_str(), Some(local.trim()));
+}
+
+#[test]
+fn the_app_on_base_example_builds_on_its_base_image() {
+    let env = common::env();
+    drop(start());
+    // The base the example names: a tiny image pushed with the CLI.
+    let work = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(work.path().join("ctx/bin")).expect("dirs");
+    std::fs::write(work.path().join("ctx/bin/base-tool"), "base").expect("file");
+    let spec = work.path().join("base.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "apiVersion: imagebuild.dev/v1alpha1\nkind: ImageBuild\nmetadata: {{name: base}}\nspec:\n  context: {{persistentVolumeClaim: {{claimName: unused}}}}\n  image: {}\n  tags: ['1']\n",
+            env.gitea_image("base")
+        ),
+    )
+    .expect("base spec");
+    common::run_ok(
+        std::process::Command::new(env!("CARGO_BIN_EXE_imagebuild"))
+            .envs(&env.vars)
+            .args(["build", "--push", "--from-cluster", "-f"])
+            .arg(&spec)
+            .arg("--context")
+            .arg(work.path().join("ctx")),
+    );
+
+    let ns = ctl::namespace("e2e-onbase");
+    env.kubectl_apply(&example_in("examples/app-on-base/imagebuild.yaml", &ns));
+    let ib = ctl::wait_settled(&ns, "app-on-base", SETTLE);
+    assert_eq!(
+        ctl::ready(&ib).map(|r| r.0).as_deref(),
+        Some("True"),
+        "{ib:#}"
+    );
+    assert!(
+        ib["status"]["baseDigest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:"))
+    );
+    let bundle = ctl::pull_and_unpack(env, ib["status"]["imageRef"].as_str().expect("imageRef"));
+    let rootfs = bundle.path().join("bundle/rootfs");
+    assert!(rootfs.join("bin/base-tool").exists(), "the base's files");
+    assert!(
+        rootfs.join("app/bin/run.sh").exists(),
+        "the example's files"
+    );
+}
