@@ -24,9 +24,10 @@ use tar_header::HeaderKind;
 
 pub use blocks::BLOCK_SIZE;
 
-/// The gzip level used unless one is asked for (libdeflate's scale, 0–12). Chosen by
-/// `benches/builder.sh`: compressed size within a few percent of `gzip -6` at several times
-/// its speed. Changing it changes every layer digest.
+/// The gzip level used unless one is asked for (libdeflate's scale, 0–12). Chosen with
+/// `benches/builder.sh`: level 6 stays within 1% of `gzip -6`'s size on mixed and on
+/// text-only contexts (level 5: +1.7% / +4.5%, level 4: +2.5% / +6.6%) while needing a third
+/// of pigz's CPU time. Changing it changes every layer digest.
 pub const DEFAULT_GZIP_LEVEL: u32 = 6;
 /// The zstd level used unless one is asked for.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
