@@ -15,22 +15,10 @@ use crate::registry::{
     Credentials, Progress, RegistryClient, RegistryConfig, RegistryError, TrustConfig,
 };
 
-/// One file of a ConfigMap-like context.
-#[derive(Debug, Clone)]
-pub struct ContextFile {
-    /// Where it came from, for messages, e.g. `ConfigMap site key index.html`.
-    pub source: String,
-    /// Target path relative to `destinationPath`.
-    pub path: String,
-    pub mode: Option<u32>,
-    pub data: bytes::Bytes,
-    pub archive: bool,
-}
-
 /// Where the files come from.
 #[derive(Debug, Clone)]
 pub enum ContextSource {
-    Files(Vec<ContextFile>),
+    Files(Vec<ContextItem>),
     Directory(PathBuf),
 }
 
@@ -139,10 +127,7 @@ pub async fn build_image(job: &BuildJob) -> Result<Prepared, BuildError> {
     let out_dir = job.work_dir.clone();
     let layer = tokio::task::spawn_blocking(move || {
         let tree = match source {
-            ContextSource::Files(files) => FileTree::from_items(
-                files.into_iter().map(ContextFile::into_item).collect(),
-                &context,
-            )?,
+            ContextSource::Files(items) => FileTree::from_items(items, &context)?,
             ContextSource::Directory(dir) => FileTree::from_dir(&dir, &context)?,
         };
         Ok::<_, BuildError>(crate::layer::build_layer(&tree, &layer_options, &out_dir)?)
@@ -287,18 +272,6 @@ fn image_spec(spec: &ImageBuildSpec, created: Option<i64>) -> ImageSpec {
         labels: config.labels,
         annotations: spec.annotations.clone(),
         created,
-    }
-}
-
-impl ContextFile {
-    fn into_item(self) -> ContextItem {
-        ContextItem {
-            source: self.source,
-            path: self.path,
-            mode: self.mode,
-            data: self.data,
-            archive: self.archive,
-        }
     }
 }
 

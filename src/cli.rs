@@ -9,7 +9,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use serde::Deserialize;
 
 use crate::api::ImageBuild;
-use crate::build::{BuildError, BuildJob, CaBundle, ContextFile, ContextSource, RegistryAccess};
+use crate::build::{BuildError, BuildJob, CaBundle, ContextSource, RegistryAccess};
+use crate::context::ContextItem;
 use crate::controller::StartError;
 use crate::controller::error::Error as ControllerError;
 use crate::reference::{ImageRef, RepositoryRef};
@@ -247,7 +248,7 @@ impl BuildFile {
                 "spec.context is not configMaps: pass the files with --context DIR",
             ));
         };
-        let mut files: Vec<ContextFile> = Vec::new();
+        let mut files: Vec<ContextItem> = Vec::new();
         for source in sources {
             let cm = self
                 .config_maps

@@ -10,7 +10,8 @@ use kube::{Api, Client, ResourceExt};
 use super::config::{ControllerConfig, RegistryProfile};
 use super::error::Error;
 use crate::api::{ImageBuild, PvcSource, REBUILD_ANNOTATION};
-use crate::build::{CaBundle, ContextFile, RegistryAccess};
+use crate::build::{CaBundle, RegistryAccess};
+use crate::context::ContextItem;
 use crate::oci::Sha256;
 use crate::registry::Credentials;
 
@@ -18,7 +19,7 @@ use crate::registry::Credentials;
 #[derive(Debug, Clone)]
 pub enum ResolvedContext {
     /// Read from ConfigMaps.
-    Files(Vec<ContextFile>),
+    Files(Vec<ContextItem>),
     /// In a claim, read by a reader Pod when the build runs. Its files are not watched: a change
     /// of the spec or of the `imagebuild.dev/rebuild` annotation rebuilds.
     Claim(PvcSource),
@@ -132,7 +133,7 @@ pub fn config_map_files(
     namespace: &str,
     cm: &ConfigMap,
     items: Option<&[crate::api::KeyToPath]>,
-) -> Result<Vec<ContextFile>, Error> {
+) -> Result<Vec<ContextItem>, Error> {
     let name = cm.name_any();
     let mut all: BTreeMap<&str, bytes::Bytes> = BTreeMap::new();
     for (key, value) in cm.data.iter().flatten() {
@@ -141,19 +142,20 @@ pub fn config_map_files(
     for (key, value) in cm.binary_data.iter().flatten() {
         all.insert(key, bytes::Bytes::copy_from_slice(&value.0));
     }
-    let file = |key: &str, data: bytes::Bytes, item: Option<&crate::api::KeyToPath>| ContextFile {
-        source: format!("ConfigMap {name} key {key}"),
-        path: item
-            .and_then(|i| i.path.clone())
-            .unwrap_or_else(|| key.to_owned()),
-        mode: item
-            .and_then(|i| i.mode)
-            .and_then(|m| u32::try_from(m).ok()),
-        data,
-        archive: item.is_some_and(|i| i.archive),
+    let file = |key: &str, data: bytes::Bytes, item: Option<&crate::api::KeyToPath>| {
+        ContextItem::from_key(
+            format!("ConfigMap {name} key {key}"),
+            key,
+            item.and_then(|i| i.path.as_deref()),
+            item.and_then(|i| i.mode)
+                .and_then(|m| u32::try_from(m).ok()),
+            data,
+            item.is_some_and(|i| i.archive),
+        )
+        .map_err(|e| Error::Build(e.into()))
     };
     match items {
-        None => Ok(all.iter().map(|(k, v)| file(k, v.clone(), None)).collect()),
+        None => all.iter().map(|(k, v)| file(k, v.clone(), None)).collect(),
         Some(items) => items
             .iter()
             .map(|item| {
@@ -165,7 +167,7 @@ pub fn config_map_files(
                         available: all.keys().copied().collect::<Vec<_>>().join(", "),
                     }
                 })?;
-                Ok(file(&item.key, data, Some(item)))
+                file(&item.key, data, Some(item))
             })
             .collect(),
     }
