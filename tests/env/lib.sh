@@ -42,18 +42,25 @@ random_string() { # N alphanumeric characters
 }
 
 # ---------------------------------------------------------------------------
-# Ports. A component keeps the port it had last time when that port is free,
-# else takes its preferred default, else a random free one; so two
-# environments, or a port taken by something else, never break a start.
+# Ports. A component takes its preferred default when that is free, else the
+# port it had last time, else a random free one; so two environments, or a
+# port taken by something else, never break a start.
 
-# port_in_use PORT: a TCP socket (v4 or v6) listens on PORT. Only listeners
-# count: the servers here set SO_REUSEADDR, so connections of a stopped
-# instance lingering in TIME_WAIT do not keep a port from being reused.
+# port_in_use PORT: binding 127.0.0.1:PORT would fail, i.e. a TCP socket
+# listens on PORT at 127.0.0.1, 0.0.0.0, :: or ::ffff:127.0.0.1. Listeners on
+# other addresses do not count (the test node forwards the same port numbers
+# from its own addresses to ours), nor do connections of a stopped instance
+# lingering in TIME_WAIT (the servers here set SO_REUSEADDR).
 port_in_use() {
 	local hex
-	hex="$(printf ':%04X' "$1")"
-	awk -v p="$hex" 'FNR > 1 && $4 == "0A" && substr($2, length($2) - 4) == p { found = 1 } END { exit !found }' \
-		/proc/net/tcp /proc/net/tcp6 2>/dev/null
+	hex="$(printf '%04X' "$1")"
+	awk -v p="$hex" '
+		FNR > 1 && $4 == "0A" {
+			split($2, a, ":")
+			if (a[2] == p && (a[1] == "0100007F" || a[1] ~ /^0+$/ ||
+				a[1] == "0000000000000000FFFF00000100007F")) found = 1
+		}
+		END { exit !found }' /proc/net/tcp /proc/net/tcp6 2>/dev/null
 }
 
 saved_port() { # NAME -> the port NAME was last started on
@@ -75,9 +82,9 @@ port_reserved() {
 choose_port() { # NAME PREFERRED -> prints the chosen port and records it
 	local name="$1" p candidates=()
 	mkdir -p "$state/ports"
+	candidates+=("$2")
 	p="$(saved_port "$name" || true)"
 	[[ -n "$p" ]] && candidates+=("$p")
-	candidates+=("$2")
 	for _ in $(seq 200); do candidates+=($((20000 + RANDOM % 12000))); done
 	for p in "${candidates[@]}"; do
 		if ! port_in_use "$p" && ! port_reserved "$p" "$name"; then
