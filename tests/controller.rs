@@ -438,3 +438,71 @@ fn the_app_on_base_example_builds_on_its_base_image() {
         "the example's files"
     );
 }
+
+#[test]
+fn a_build_over_its_timeout_fails_with_reason_timeout_and_is_retried_later() {
+    let env = common::env();
+    drop(start());
+    let ns = ctl::namespace("e2e-timeout");
+    let image = env.gitea_image(&common::unique_name("slow"));
+    let manifests = site_manifests(&ns, "slow", &image, "x", "  timeout: 1ms");
+    let (reason, message) = expect_failure(&ns, "slow", &manifests);
+    assert_eq!(reason, "Timeout", "{message}");
+    assert!(message.contains("spec.timeout"), "{message}");
+    let ib = ctl::get_ib(&ns, "slow");
+    assert!(
+        ib["status"]["nextRetryTime"].is_string(),
+        "a passing failure is retried: {ib:#}"
+    );
+}
+
+#[test]
+fn a_permanent_failure_is_not_retried_until_the_inputs_change() {
+    let env = common::env();
+    drop(start());
+    let ns = ctl::namespace("e2e-permanent");
+    let image = format!("{}/nosuchowner/app", env.gitea);
+    expect_failure(&ns, "perm", &site_manifests(&ns, "perm", &image, "x", ""));
+    let failed = ctl::get_ib(&ns, "perm");
+    assert!(failed["status"]["nextRetryTime"].is_null(), "{failed:#}");
+    std::thread::sleep(Duration::from_secs(6));
+    let later = ctl::get_ib(&ns, "perm");
+    assert_eq!(
+        later["status"]["attempts"], failed["status"]["attempts"],
+        "retried without a change"
+    );
+    assert_eq!(
+        later["status"]["completionTime"],
+        failed["status"]["completionTime"]
+    );
+
+    // Fixing the spec builds again, and succeeds.
+    let fixed = env.gitea_image(&common::unique_name("perm"));
+    env.kubectl_apply(&site_manifests(&ns, "perm", &fixed, "x", ""));
+    let ib = ctl::wait_for(&ns, "perm", SETTLE, |ib| {
+        ib["status"]["phase"] == "Succeeded"
+    });
+    assert_eq!(
+        ib["status"]["imageRef"]
+            .as_str()
+            .map(|r| r.starts_with(&fixed)),
+        Some(true)
+    );
+}
+
+#[test]
+fn creating_a_missing_configmap_triggers_the_build() {
+    let env = common::env();
+    drop(start());
+    let ns = ctl::namespace("e2e-latecm");
+    let image = env.gitea_image(&common::unique_name("late"));
+    let manifests = site_manifests(&ns, "late", &image, "late", "");
+    let (config_map, image_build) = manifests.split_once("---").expect("two documents");
+    let (reason, _) = expect_failure(&ns, "late", image_build);
+    assert_eq!(reason, "ConfigMapNotFound");
+    env.kubectl_apply(config_map);
+    let ib = ctl::wait_for(&ns, "late", SETTLE, |ib| {
+        ib["status"]["phase"] == "Succeeded"
+    });
+    assert_eq!(ctl::ready(&ib).map(|r| r.0).as_deref(), Some("True"));
+}
