@@ -1,7 +1,7 @@
 //! The `imagebuild` command: the controller, and the build / push / list / tag workflow for use
 //! outside the cluster. Each subcommand is a thin call into the library.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand};
 
 use imagebuild::cli::{self, RegistryFlags};
 use imagebuild::controller;
+use imagebuild::controller::pvc::{ReaderFlags, ReaderSettings};
+use imagebuild::transfer;
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +56,22 @@ enum Command {
     },
     /// Print the ImageBuild CustomResourceDefinition YAML.
     Crd,
+    /// Send a directory to the controller as a build context (what reader Pods of
+    /// PersistentVolumeClaim contexts run; the one-time token comes in IMAGEBUILD_CONTEXT_TOKEN).
+    SendContext(SendContextArgs),
+}
+
+#[derive(Args)]
+struct SendContextArgs {
+    /// Where the claim is mounted.
+    #[arg(long)]
+    dir: PathBuf,
+    /// The context root inside it (spec.context.persistentVolumeClaim.subPath).
+    #[arg(long)]
+    sub_path: Option<String>,
+    /// The controller's upload URL for this context.
+    #[arg(long)]
+    to: String,
 }
 
 #[derive(Args)]
@@ -81,6 +99,26 @@ struct ControllerArgs {
     /// Scratch directory for layers being built.
     #[arg(long, env = "IMAGEBUILD_WORK_DIR", default_value_os_t = std::env::temp_dir())]
     work_dir: PathBuf,
+    /// Address where reader Pods send PersistentVolumeClaim contexts, e.g. 0.0.0.0:8081.
+    /// Without it, ImageBuilds with a persistentVolumeClaim context fail with PvcUnsupported.
+    #[arg(long, env = "IMAGEBUILD_CONTEXT_LISTEN")]
+    context_listen: Option<SocketAddr>,
+    /// The upload endpoint's URL as reader Pods reach it (default: http://$POD_IP:<port of
+    /// --context-listen>, this very replica).
+    #[arg(long, env = "IMAGEBUILD_CONTEXT_URL")]
+    context_url: Option<String>,
+    /// This Pod's IP address (the chart passes status.podIP).
+    #[arg(long, env = "POD_IP")]
+    pod_ip: Option<IpAddr>,
+    /// Image of reader Pods: the controller's own image (its entrypoint is imagebuild).
+    #[arg(long, env = "IMAGEBUILD_READER_IMAGE")]
+    reader_image: Option<String>,
+    #[arg(long, default_value = "IfNotPresent")]
+    reader_image_pull_policy: String,
+    /// Resource requests and limits of reader Pods, as JSON
+    /// (default {"requests":{"cpu":"10m","memory":"16Mi"},"limits":{"cpu":"500m","memory":"64Mi"}}).
+    #[arg(long, env = "IMAGEBUILD_READER_RESOURCES")]
+    reader_resources: Option<String>,
 }
 
 #[derive(Args)]
@@ -129,6 +167,15 @@ async fn run(command: Command) -> Result<(), cli::Failure> {
     match command {
         Command::Controller(args) => {
             let identity = args.identity.unwrap_or_else(cli::host_name);
+            let readers = ReaderSettings::from_flags(ReaderFlags {
+                context_listen: args.context_listen,
+                context_url: args.context_url,
+                pod_ip: args.pod_ip,
+                reader_image: args.reader_image,
+                pull_policy: args.reader_image_pull_policy,
+                resources: args.reader_resources,
+            })
+            .map_err(|e| cli::Failure::input(e.to_string()))?;
             let options = controller::Options {
                 config: args.config,
                 listen: args.listen,
@@ -138,6 +185,7 @@ async fn run(command: Command) -> Result<(), cli::Failure> {
                 identity,
                 concurrency: args.concurrency,
                 work_dir: args.work_dir,
+                readers,
             };
             controller::run(options)
                 .await
@@ -167,5 +215,28 @@ async fn run(command: Command) -> Result<(), cli::Failure> {
             registry,
         } => cli::tag(&reference, &new_tag, &registry).await,
         Command::Crd => cli::print_crd(),
+        Command::SendContext(args) => send_context(args).await,
     }
+}
+
+async fn send_context(args: SendContextArgs) -> Result<(), cli::Failure> {
+    let token = std::env::var(transfer::TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| cli::Failure::input(transfer::SendError::NoToken.to_string()))?;
+    let request = transfer::SendRequest {
+        claim_root: args.dir,
+        sub_path: args.sub_path,
+        url: args.to,
+        token,
+    };
+    let counts = transfer::send(request).await.map_err(|e| cli::Failure {
+        code: cli::exit::OTHER,
+        message: e.to_string(),
+    })?;
+    eprintln!(
+        "imagebuild: sent {} entries, {} bytes",
+        counts.entries, counts.bytes
+    );
+    Ok(())
 }

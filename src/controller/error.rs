@@ -44,9 +44,53 @@ pub enum Error {
     },
 
     #[error(
-        "spec.context.persistentVolumeClaim is not supported by this controller version yet: use spec.context.configMaps"
+        "spec.context.persistentVolumeClaim needs reader Pods, which this controller runs without \
+         (flags --context-listen and --reader-image; chart value pvcContexts.enabled): turn them \
+         on or use spec.context.configMaps"
     )]
     PvcUnsupported,
+
+    #[error(
+        "PersistentVolumeClaim {namespace}/{name} named in spec.context.persistentVolumeClaim \
+         does not exist: create it or fix claimName (claims are not watched; the build is tried \
+         again with backoff)"
+    )]
+    ClaimNotFound { namespace: String, name: String },
+
+    #[error(
+        "the reader Pod {namespace}/{pod} for PersistentVolumeClaim {claim} did not start within \
+         {after}: {why}"
+    )]
+    ReaderPodPending {
+        namespace: String,
+        pod: String,
+        claim: String,
+        after: String,
+        why: String,
+    },
+
+    #[error("the reader Pod {namespace}/{pod} for PersistentVolumeClaim {claim} failed: {message}")]
+    ReaderPodFailed {
+        namespace: String,
+        pod: String,
+        claim: String,
+        message: String,
+    },
+
+    #[error("the files of PersistentVolumeClaim {claim} cannot go into an image: {source}")]
+    ContextUploadInvalid {
+        claim: String,
+        source: crate::context::ContextError,
+    },
+
+    #[error(
+        "the upload of PersistentVolumeClaim {claim} from the reader Pod {pod} failed: {message}"
+    )]
+    ContextUploadFailed {
+        claim: String,
+        pod: String,
+        message: String,
+    },
 
     #[error(
         "build did not finish within {after} (spec.timeout): raise the timeout or make the context smaller"
@@ -70,6 +114,11 @@ impl Error {
             Self::SecretKeyMissing { .. } => "SecretInvalid",
             Self::InvalidSpec { .. } => "InvalidSpec",
             Self::PvcUnsupported => "PvcUnsupported",
+            Self::ClaimNotFound { .. } => "ClaimNotFound",
+            Self::ReaderPodPending { .. } => "ReaderPodPending",
+            Self::ReaderPodFailed { .. } => "ReaderPodFailed",
+            Self::ContextUploadInvalid { .. } => "ContextUploadInvalid",
+            Self::ContextUploadFailed { .. } => "ContextUploadFailed",
             Self::Timeout { .. } => "Timeout",
             Self::Build(e) => e.reason(),
             Self::Kube(_) => "KubernetesApiError",
@@ -79,7 +128,13 @@ impl Error {
     /// Whether retrying with the same inputs may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Timeout { .. } | Self::Kube(_) => true,
+            // Claims and their files are not watched: trying again is how a fix is noticed.
+            Self::Timeout { .. }
+            | Self::Kube(_)
+            | Self::ClaimNotFound { .. }
+            | Self::ReaderPodPending { .. }
+            | Self::ReaderPodFailed { .. }
+            | Self::ContextUploadFailed { .. } => true,
             Self::Build(e) => e.is_transient(),
             _ => false,
         }

@@ -9,6 +9,7 @@ pub mod leader;
 pub mod pvc;
 pub mod reconcile;
 pub mod status;
+pub mod upload;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,6 +44,8 @@ pub struct Options {
     pub identity: String,
     pub concurrency: u16,
     pub work_dir: PathBuf,
+    /// Reader Pods for PersistentVolumeClaim contexts; `None` turns them off.
+    pub readers: Option<pvc::ReaderSettings>,
 }
 
 /// Why the controller could not start.
@@ -52,6 +55,13 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG): {0}")]
     Client(#[source] kube::Error),
+    #[error(transparent)]
+    Readers(#[from] pvc::ReaderConfigError),
+    #[error("cannot serve context uploads on {addr}: {source}")]
+    ContextListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot serve health and metrics on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -83,6 +93,10 @@ pub async fn run(options: Options) -> Result<(), StartError> {
             source,
         })?;
     tokio::spawn(server::serve(listener, health.clone()));
+    let readers = match options.readers.clone() {
+        Some(settings) => Some(serve_uploads(settings).await?),
+        None => None,
+    };
 
     let elector = if options.leader_elect {
         let namespace = options
@@ -124,6 +138,7 @@ pub async fn run(options: Options) -> Result<(), StartError> {
         build_slots: Semaphore::new(usize::from(options.concurrency.max(1))),
         work_dir: options.work_dir.clone(),
         config,
+        readers,
     });
     // The controller wants a Sync trigger; the lease renewal loop runs in its own task.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -280,6 +295,20 @@ fn users_of_secret(
         })
         .map(|ib| ObjectRef::from_obj(ib.as_ref()))
         .collect()
+}
+
+/// Starts the endpoint reader Pods send PersistentVolumeClaim contexts to.
+async fn serve_uploads(settings: pvc::ReaderSettings) -> Result<pvc::Readers, StartError> {
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| StartError::ContextListen {
+            addr: settings.listen,
+            source,
+        })?;
+    let uploads = upload::Uploads::default();
+    tokio::spawn(upload::serve(listener, uploads.clone()));
+    tracing::info!(url = %settings.url, image = %settings.image, "PersistentVolumeClaim contexts are read by reader Pods");
+    Ok(pvc::Readers { settings, uploads })
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

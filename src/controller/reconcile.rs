@@ -29,6 +29,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub build_slots: Semaphore,
     pub work_dir: PathBuf,
+    /// Reader Pods for PersistentVolumeClaim contexts; `None` when they are off.
+    pub readers: Option<super::pvc::Readers>,
 }
 
 /// Quiet re-check of a built image (nothing is uploaded when inputs are unchanged).

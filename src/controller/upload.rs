@@ -1,0 +1,277 @@
+//! The controller's endpoint for PersistentVolumeClaim contexts: `PUT /contexts/{id}` with
+//! `Authorization: Bearer <token>` and a tar stream as the body (see [`crate::transfer`]).
+//!
+//! A build registers the upload it expects ([`Uploads::expect`]) before it creates the reader
+//! Pod, and hands the Pod the id and a random token. The token is good for one upload of that
+//! one context into that one directory: it is consumed by the first authenticated request and
+//! forgotten when the build stops waiting. It grants nothing else — no registry credential or
+//! Secret ever goes to the reader Pod's namespace.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::put;
+use futures::TryStreamExt;
+use ring::rand::SecureRandom;
+use tokio::sync::oneshot;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use crate::transfer::{self, Counts, ReceiveError, ReceiveOptions};
+
+/// Where uploads go, below the controller's context URL.
+pub const UPLOAD_PATH: &str = "/contexts";
+
+/// What an upload came to.
+pub type Outcome = Result<Counts, ReceiveError>;
+
+/// The uploads the controller is waiting for, shared by the endpoint and the builds.
+#[derive(Clone, Default)]
+pub struct Uploads {
+    pending: Arc<Mutex<HashMap<String, Pending>>>,
+}
+
+struct Pending {
+    /// SHA-256 of the token: compared instead of the token, so the comparison's timing tells
+    /// nothing about the token itself.
+    token_digest: [u8; 32],
+    into: PathBuf,
+    options: ReceiveOptions,
+    done: oneshot::Sender<Outcome>,
+}
+
+/// One expected upload; forgotten (its token no longer accepted) when dropped.
+pub struct Expected {
+    id: String,
+    token: String,
+    outcome: oneshot::Receiver<Outcome>,
+    uploads: Uploads,
+}
+
+impl std::fmt::Debug for Expected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Expected")
+            .field("id", &self.id)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Why an upload request was turned away before any byte was read.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    Unknown,
+    WrongToken,
+}
+
+impl Uploads {
+    /// Registers an upload that unpacks into `into` (a directory that does not exist yet).
+    pub fn expect(&self, into: PathBuf, options: ReceiveOptions) -> Result<Expected, io::Error> {
+        let id = random_hex(16)?;
+        let token = random_hex(32)?;
+        let (done, outcome) = oneshot::channel();
+        let pending = Pending {
+            token_digest: digest(&token),
+            into,
+            options,
+            done,
+        };
+        self.lock().insert(id.clone(), pending);
+        Ok(Expected {
+            id,
+            token,
+            outcome,
+            uploads: self.clone(),
+        })
+    }
+
+    /// Takes the upload `id` out if `token` is its token: one upload per token.
+    fn take(&self, id: &str, token: &str) -> Result<Pending, Refusal> {
+        let mut pending = self.lock();
+        let entry = pending.get(id).ok_or(Refusal::Unknown)?;
+        if entry.token_digest != digest(token) {
+            return Err(Refusal::WrongToken);
+        }
+        pending.remove(id).ok_or(Refusal::Unknown)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
+        // A panic while holding the lock leaves a plain map behind: still usable.
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Expected {
+    /// The path to PUT the context to, e.g. `/contexts/3f2a...`.
+    pub fn path(&self) -> String {
+        format!("{UPLOAD_PATH}/{}", self.id)
+    }
+
+    /// The one-time token for the reader Pod.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Waits for the upload to end; `None` if the endpoint dropped it without an outcome.
+    pub async fn outcome(&mut self) -> Option<Outcome> {
+        (&mut self.outcome).await.ok()
+    }
+
+    /// The outcome if the upload has already ended.
+    pub fn try_outcome(&mut self) -> Option<Outcome> {
+        self.outcome.try_recv().ok()
+    }
+}
+
+impl Drop for Expected {
+    fn drop(&mut self) {
+        self.uploads.lock().remove(&self.id);
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
+    out
+}
+
+fn random_hex(bytes: usize) -> Result<String, io::Error> {
+    let mut buf = vec![0u8; bytes];
+    ring::rand::SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| io::Error::other("the system's random number generator failed"))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Serves uploads on an already bound listener until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, uploads: Uploads) -> io::Result<()> {
+    let app = Router::new()
+        .route(&format!("{UPLOAD_PATH}/{{id}}"), put(receive))
+        // Contexts are large; transfer::receive enforces the controller's own limits.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(uploads);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving PersistentVolumeClaim context uploads");
+    }
+    axum::serve(listener, app).await
+}
+
+async fn receive(
+    State(uploads): State<Uploads>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> (StatusCode, String) {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let pending = match uploads.take(&id, token) {
+        Ok(pending) => pending,
+        Err(Refusal::Unknown) => {
+            return (
+                StatusCode::NOT_FOUND,
+                format!("no context upload {id} is expected (its build may have ended)\n"),
+            );
+        }
+        Err(Refusal::WrongToken) => {
+            tracing::warn!(upload = %id, "context upload with a wrong token refused");
+            return (
+                StatusCode::UNAUTHORIZED,
+                "the token does not match this upload\n".into(),
+            );
+        }
+    };
+    let stream = body.into_data_stream().map_err(io::Error::other);
+    let reader = SyncIoBridge::new(StreamReader::new(stream));
+    let (into, options) = (pending.into.clone(), pending.options.clone());
+    let outcome = tokio::task::spawn_blocking(move || transfer::receive(reader, &into, &options))
+        .await
+        .unwrap_or_else(|join| {
+            Err(ReceiveError::Interrupted(io::Error::other(
+                join.to_string(),
+            )))
+        });
+    let reply = match &outcome {
+        Ok(counts) => (
+            StatusCode::OK,
+            format!(
+                "received {} entries, {} bytes\n",
+                counts.entries, counts.bytes
+            ),
+        ),
+        Err(error @ ReceiveError::Refused(_)) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, format!("{error}\n"))
+        }
+        Err(error @ ReceiveError::Interrupted(_)) => {
+            (StatusCode::BAD_REQUEST, format!("{error}\n"))
+        }
+        Err(error @ ReceiveError::Write { .. }) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n"))
+        }
+    };
+    // The build hears the outcome before the reader Pod does, so a Pod that fails after a
+    // refusal never hides the refusal's message.
+    let _ = pending.done.send(outcome);
+    reply
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> ReceiveOptions {
+        ReceiveOptions {
+            context: crate::context::ContextOptions::default(),
+            origin: "PersistentVolumeClaim ns/src".into(),
+            sub_path: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_token_is_good_for_one_upload_of_its_own_context() {
+        let uploads = Uploads::default();
+        let dir = tempfile::tempdir().unwrap();
+        let expected = uploads
+            .expect(dir.path().join("context"), options())
+            .unwrap();
+        let id = expected.path().rsplit('/').next().unwrap().to_owned();
+        assert_eq!(
+            uploads.take(&id, "not-the-token").err(),
+            Some(Refusal::WrongToken)
+        );
+        assert!(uploads.take(&id, expected.token()).is_ok());
+        assert_eq!(
+            uploads.take(&id, expected.token()).err(),
+            Some(Refusal::Unknown)
+        );
+    }
+
+    #[test]
+    fn a_token_is_forgotten_when_its_build_stops_waiting() {
+        let uploads = Uploads::default();
+        let expected = uploads.expect("/nowhere".into(), options()).unwrap();
+        let id = expected.path().rsplit('/').next().unwrap().to_owned();
+        let token = expected.token().to_owned();
+        drop(expected);
+        assert_eq!(uploads.take(&id, &token).err(), Some(Refusal::Unknown));
+    }
+
+    #[test]
+    fn tokens_are_long_random_and_never_printed() {
+        let uploads = Uploads::default();
+        let a = uploads.expect("/a".into(), options()).unwrap();
+        let b = uploads.expect("/b".into(), options()).unwrap();
+        assert_eq!(a.token().len(), 64);
+        assert_ne!(a.token(), b.token());
+        assert!(!format!("{a:?}").contains(a.token()));
+    }
+}
