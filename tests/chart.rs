@@ -164,12 +164,9 @@ fn cluster_role_grants_exactly_the_verbs_the_controller_uses() {
             rule(&[""], &["configmaps"], &["get", "list", "watch"]),
             rule(&[""], &["secrets"], &["get", "list", "watch"]),
             rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
-            rule(
-                &[""],
-                &["pods"],
-                &["get", "list", "watch", "create", "delete"]
-            ),
-            rule(&[""], &["pods/log"], &["get"]),
+            rule(&[""], &["pods"], &["list", "watch", "create", "delete"]),
+            rule(&[""], &["persistentvolumeclaims"], &["get"]),
+            rule(&["events.k8s.io"], &["events"], &["list"]),
         ])
     );
 }
@@ -191,6 +188,52 @@ fn cluster_role_grants_nothing_on_pods_without_pvc_contexts() {
         .collect();
     assert!(on_pods.is_empty(), "rules on pods: {on_pods:?}");
     assert_eq!(rules.len(), 6);
+}
+
+#[test]
+fn controller_receives_pvc_contexts_on_its_own_pod_address_with_its_own_image_as_reader() {
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let objects = render(&["--set", &format!("image.digest={digest}")]);
+    let args = args(&objects);
+    let image = format!("gitea.cnoe.localtest.me:8443/giteaadmin/imagebuild@{digest}");
+    assert_eq!(controller_container(&objects)["image"], image.as_str());
+    for flag in [
+        "--context-listen=0.0.0.0:8081".to_owned(),
+        format!("--reader-image={image}"),
+        "--reader-image-pull-policy=IfNotPresent".to_owned(),
+    ] {
+        assert!(args.contains(&flag), "missing {flag} in {args:?}");
+    }
+    let resources = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--reader-resources="))
+        .expect("--reader-resources");
+    let resources: Value = serde_json::from_str(resources).expect("JSON");
+    assert_eq!(resources["limits"]["memory"], "64Mi");
+    assert_eq!(
+        controller_container(&objects)["ports"][1],
+        json!({"name": "context", "containerPort": 8081, "protocol": "TCP"})
+    );
+    let env = &controller_container(&objects)["env"];
+    let pod_ip = env
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "POD_IP")
+        .expect("POD_IP");
+    assert_eq!(pod_ip["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
+}
+
+#[test]
+fn without_pvc_contexts_the_controller_gets_no_reader_flags() {
+    let objects = render(&["--set", "pvcContexts.enabled=false"]);
+    let args = args(&objects);
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.starts_with("--context-listen") || a.starts_with("--reader")),
+        "{args:?}"
+    );
 }
 
 #[test]
@@ -339,8 +382,8 @@ fn probes_check_health_and_readiness_on_the_http_port() {
         json!({"path": "/readyz", "port": "http"})
     );
     assert_eq!(
-        container["ports"],
-        json!([{"name": "http", "containerPort": 8080, "protocol": "TCP"}])
+        container["ports"][0],
+        json!({"name": "http", "containerPort": 8080, "protocol": "TCP"})
     );
 }
 

@@ -55,6 +55,23 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (include "imagebuild.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}
 
+{{/* repository@digest when a digest is given, else repository:tag (default appVersion). */}}
 {{- define "imagebuild.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The reader Pods' image: pvcContexts.reader.image, or the controller's own. */}}
+{{- define "imagebuild.readerImage" -}}
+{{- $reader := .Values.pvcContexts.reader.image }}
+{{- if not $reader.repository }}
+{{- include "imagebuild.image" . }}
+{{- else if $reader.digest }}
+{{- printf "%s@%s" $reader.repository $reader.digest }}
+{{- else }}
+{{- printf "%s:%s" $reader.repository (default .Chart.AppVersion $reader.tag) }}
+{{- end }}
 {{- end }}
