@@ -20,6 +20,16 @@ use super::client::{Call, RegistryClient};
 use super::error::{Operation, RegistryError};
 use crate::oci::{Blob, BlobLocation, Descriptor, Digest, Sha256};
 
+/// The smallest piece an upload is split into after a 413 (an ingress body limit).
+const MIN_UPLOAD_PIECE: u64 = 1 << 20;
+
+/// How one upload attempt goes: in an existing session or a new one, in pieces of at most
+/// `piece` bytes.
+struct Attempt {
+    session: Option<Url>,
+    piece: u64,
+}
+
 /// What an upload sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PushedBlob {
@@ -280,6 +290,7 @@ impl RegistryClient {
     ) -> Result<PushedBlob, RegistryError> {
         let mut attempt = 0u32;
         let mut auth_retried = false;
+        let mut piece = self.max_request_body();
         loop {
             attempt += 1;
             let sent = Arc::new(AtomicU64::new(0));
@@ -290,7 +301,10 @@ impl RegistryClient {
                     &source,
                     &progress,
                     &sent,
-                    session.take(),
+                    Attempt {
+                        session: session.take(),
+                        piece,
+                    },
                 )
                 .await;
             let error = match result {
@@ -307,7 +321,18 @@ impl RegistryClient {
             // fetched a new one, so go again once.
             let token_expired =
                 matches!(error, RegistryError::Unauthorized { .. }) && sent > 0 && !auth_retried;
-            if token_expired {
+            // An ingress in front of the registry may limit request bodies below our limit
+            // (ingress-nginx's proxy-body-size): send smaller pieces, halving down to a floor.
+            let refused_piece = match &error {
+                RegistryError::BodyTooLarge { .. } => Some(piece.min(descriptor.size)),
+                _ => None,
+            };
+            if let Some(refused) = refused_piece
+                && refused / 2 >= MIN_UPLOAD_PIECE
+            {
+                piece = refused / 2;
+                tracing::debug!(registry = %self.host(), %repository, digest = %descriptor.digest, piece, "request body refused as too large; uploading in smaller pieces");
+            } else if token_expired {
                 auth_retried = true;
             } else if self.should_retry(&error, attempt) {
                 let delay = self.retry_policy().delay(attempt, error.retry_after());
@@ -336,7 +361,7 @@ impl RegistryClient {
         source: &BlobSource<'_>,
         progress: &Arc<dyn Progress>,
         sent: &Arc<AtomicU64>,
-        session: Option<Url>,
+        Attempt { session, piece }: Attempt,
     ) -> Result<(), RegistryError> {
         let session = match session {
             Some(session) => session,
@@ -352,10 +377,10 @@ impl RegistryClient {
             progress: progress.clone(),
             sent: sent.clone(),
         };
-        let result = if descriptor.size <= self.max_request_body() {
+        let result = if descriptor.size <= piece {
             self.put_whole(repository, descriptor, session, &body).await
         } else {
-            self.put_chunked(repository, descriptor, session, &body)
+            self.put_chunked(repository, descriptor, session, &body, piece)
                 .await
         };
         // A failing source (e.g. the base registry) explains the failure better than the
@@ -387,7 +412,7 @@ impl RegistryClient {
         self.expect_created(&call).await
     }
 
-    /// `PATCH` pieces of at most the request limit with `Content-Range: start-end` (no `bytes `
+    /// `PATCH` pieces of at most `piece` bytes with `Content-Range: start-end` (no `bytes `
     /// prefix: Gitea refuses it), then an empty `PUT ?digest=`.
     async fn put_chunked(
         &self,
@@ -395,11 +420,12 @@ impl RegistryClient {
         descriptor: &Descriptor,
         mut session: Url,
         body: &UploadBody,
+        piece: u64,
     ) -> Result<(), RegistryError> {
         let size = descriptor.size;
         let mut offset = 0u64;
         while offset < size {
-            let len = self.max_request_body().min(size - offset);
+            let len = piece.min(size - offset);
             let range = format!("{}-{}", offset, offset + len - 1);
             let content_range = HeaderValue::from_str(&range)
                 .map_err(|e| self.invalid_response(Operation::UploadChunk, &e.to_string()))?;
