@@ -1,0 +1,456 @@
+//! A fault-injecting HTTPS proxy for tests: it sits on loopback between the controller (or the
+//! CLI) and Gitea, terminates TLS with its own idpbuilder-style certificate (self-signed, CA:true,
+//! used directly as the server certificate), forwards requests to Gitea over TLS, and injects
+//! faults at a configurable rate: 5xx, 429 with Retry-After, connection resets mid-body, stalls,
+//! truncated responses, and 413 for request bodies over a limit. It stops by itself at its
+//! deadline (and when dropped), so a failing test never leaves it running.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, BodyStream, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use tokio::net::TcpListener;
+
+/// One kind of injected fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// 503 without forwarding.
+    ServiceUnavailable,
+    /// The request reaches Gitea, then the client sees a 502 (the work may have been done).
+    BadGatewayAfterForward,
+    /// 429 with `Retry-After: 1`.
+    TooManyRequests,
+    /// Half of Gitea's response body, then the connection breaks.
+    ResetMidBody,
+    /// The response is held for the stall duration, then the connection is closed unanswered.
+    Stall,
+    /// The response promises its full length and ends early.
+    Truncated,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 6] = [
+        Fault::ServiceUnavailable,
+        Fault::BadGatewayAfterForward,
+        Fault::TooManyRequests,
+        Fault::ResetMidBody,
+        Fault::Stall,
+        Fault::Truncated,
+    ];
+}
+
+/// What the proxy does.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Probability (0..=1) that a request gets a fault.
+    pub rate: f64,
+    /// Faults chosen uniformly when one is injected.
+    pub faults: Vec<Fault>,
+    /// Requests with a larger body are refused with 413, like an ingress body limit.
+    pub max_body: Option<u64>,
+    /// How long a stall lasts.
+    pub stall: Duration,
+    /// The proxy stops by itself after this long.
+    pub lifetime: Duration,
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Self {
+            rate: 0.0,
+            faults: Fault::ALL.to_vec(),
+            max_body: None,
+            stall: Duration::from_secs(3),
+            lifetime: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The proxy's certificate: DNS names and validity.
+#[derive(Debug, Clone)]
+pub struct CertSpec {
+    pub names: Vec<String>,
+    pub expired: bool,
+}
+
+impl CertSpec {
+    pub fn for_names(names: &[&str]) -> Self {
+        Self {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            expired: false,
+        }
+    }
+}
+
+/// Counters of what the proxy did.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub requests: AtomicU64,
+    pub too_large: AtomicU64,
+    pub injected: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl Stats {
+    /// Injected faults by kind, e.g. `{"Stall": 3}`.
+    pub fn injected(&self) -> std::collections::BTreeMap<String, u64> {
+        self.injected.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+    fn count(&self, fault: Fault) {
+        if let Ok(mut m) = self.injected.lock() {
+            *m.entry(format!("{fault:?}")).or_default() += 1;
+        }
+    }
+}
+
+/// A running proxy; stops when dropped or at its deadline.
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    /// The proxy's certificate (PEM): the CA a client must trust to reach it.
+    pub cert_pem: String,
+    pub stats: Arc<Stats>,
+    plan: Arc<Mutex<Plan>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+struct Shared {
+    upstream: String,
+    upstream_origin: String,
+    client: reqwest::Client,
+    plan: Arc<Mutex<Plan>>,
+    stats: Arc<Stats>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy to `https://{upstream}` whose certificate is pinned to `upstream_ca_pem`.
+    pub fn start(upstream: &str, upstream_ca_pem: &[u8], cert: CertSpec, plan: Plan) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (cert_pem, server_config) = server_tls(&cert);
+        let client = upstream_client(upstream_ca_pem);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("proxy runtime");
+        let listener = runtime
+            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let stats = Arc::new(Stats::default());
+        let lifetime = plan.lifetime;
+        let plan = Arc::new(Mutex::new(plan));
+        let shared = Arc::new(Shared {
+            upstream: upstream.to_owned(),
+            upstream_origin: format!("https://{upstream}"),
+            client,
+            plan: plan.clone(),
+            stats: stats.clone(),
+        });
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+        runtime.spawn(async move {
+            let serve = accept_loop(listener, acceptor, shared);
+            // Bounded in time: the proxy ends by itself.
+            let _ = tokio::time::timeout(lifetime, serve).await;
+        });
+        Self {
+            addr,
+            cert_pem,
+            stats,
+            plan,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// Changes what the proxy does from now on.
+    pub fn set_plan(&self, update: impl FnOnce(&mut Plan)) {
+        if let Ok(mut plan) = self.plan.lock() {
+            update(&mut plan);
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(req, &shared).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+fn full(status: u16, headers: &[(&str, &str)], text: &str) -> Response<Body> {
+    let mut builder = Response::builder().status(status);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    builder
+        .body(
+            Full::new(Bytes::from(text.to_owned()))
+                .map_err(|e: Infallible| match e {})
+                .boxed(),
+        )
+        .expect("response")
+}
+
+/// A body that yields `data` and then fails, which makes hyper abort the connection.
+fn broken_body(data: Bytes) -> Body {
+    let frames = futures::stream::iter(vec![
+        Ok(Frame::data(data)),
+        Err(std::io::Error::other("injected connection reset")),
+    ]);
+    BodyExt::boxed(StreamBody::new(frames))
+}
+
+async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+    shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let plan = shared.plan.lock().map(|p| p.clone()).unwrap_or_default();
+    let length = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let (Some(limit), Some(length)) = (plan.max_body, length)
+        && length > limit
+    {
+        shared.stats.too_large.fetch_add(1, Ordering::Relaxed);
+        // Like ingress-nginx: the body is read and dropped, then 413 (the client sees the answer,
+        // not a broken pipe).
+        let mut body = req.into_body();
+        while let Some(frame) = body.frame().await {
+            if frame.is_err() {
+                break;
+            }
+        }
+        return full(
+            413,
+            &[("Content-Type", "text/html")],
+            "<html><head><title>413 Request Entity Too Large</title></head></html>",
+        );
+    }
+    let fault = (!plan.faults.is_empty() && fastrand::f64() < plan.rate)
+        .then(|| plan.faults[fastrand::usize(..plan.faults.len())]);
+    if let Some(f) = fault {
+        shared.stats.count(f);
+    }
+    match fault {
+        Some(Fault::ServiceUnavailable) => {
+            return full(503, &[], "injected: service unavailable");
+        }
+        Some(Fault::TooManyRequests) => {
+            return full(429, &[("Retry-After", "1")], "injected: slow down");
+        }
+        Some(Fault::Stall) => {
+            tokio::time::sleep(plan.stall).await;
+            return Response::builder()
+                .status(200)
+                .body(broken_body(Bytes::new()))
+                .expect("response");
+        }
+        _ => {}
+    }
+    let upstream = match forward(req, shared).await {
+        Ok(r) => r,
+        Err(e) => return full(502, &[], &format!("proxy: upstream failed: {e}")),
+    };
+    match fault {
+        Some(Fault::BadGatewayAfterForward) => full(502, &[], "injected: bad gateway"),
+        Some(Fault::ResetMidBody) | Some(Fault::Truncated) => {
+            let (parts, body) = upstream.into_parts();
+            let bytes = body
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let mut response = Response::from_parts(parts, ());
+            // Keep the promised length: the client sees a short body, then the broken connection.
+            response.headers_mut().insert(
+                hyper::header::CONTENT_LENGTH,
+                (bytes.len().max(1)).to_string().parse().expect("length"),
+            );
+            let half = bytes.slice(..bytes.len() / 2);
+            response.map(|()| broken_body(half))
+        }
+        _ => upstream,
+    }
+}
+
+async fn forward(
+    req: Request<Incoming>,
+    shared: &Shared,
+) -> Result<Response<Body>, reqwest::Error> {
+    let (parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let url = format!("https://{}{path}", shared.upstream);
+    let mut request = shared.client.request(parts.method.clone(), url);
+    for (name, value) in &parts.headers {
+        if name != hyper::header::HOST && name != hyper::header::CONNECTION {
+            request = request.header(name, value);
+        }
+    }
+    let stream = BodyStream::new(body).filter_map(|frame| async move {
+        match frame {
+            Ok(f) => f.into_data().ok().map(Ok::<_, hyper::Error>),
+            Err(e) => Some(Err(e)),
+        }
+    });
+    let response = request
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await?;
+    let mut builder = Response::builder().status(response.status().as_u16());
+    for (name, value) in response.headers() {
+        // Gitea names its own origin in Location and the token realm; point them back here.
+        let value = value
+            .to_str()
+            .map(|v| v.replace(&shared.upstream_origin, ""))
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| value.clone());
+        builder = builder.header(name, value);
+    }
+    let stream = response
+        .bytes_stream()
+        .map(|chunk| chunk.map(Frame::data).map_err(std::io::Error::other));
+    Ok(builder
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .expect("response"))
+}
+
+fn server_tls(spec: &CertSpec) -> (String, rustls::ServerConfig) {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params = CertificateParams::new(spec.names.clone()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    if spec.expired {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    } else {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2099, 1, 1);
+    }
+    let cert = params.self_signed(&key).expect("self-signed");
+    let der = PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], der)
+        .expect("server config");
+    (cert.pem(), config)
+}
+
+/// A client to Gitea that trusts exactly Gitea's certificate (CA:true, used as server cert).
+fn upstream_client(ca_pem: &[u8]) -> reqwest::Client {
+    let pinned: Vec<CertificateDer<'static>> = rustls_pemfile_certs(ca_pem);
+    let config = rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned(pinned)))
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("upstream client")
+}
+
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<CertificateDer<'static>> {
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem)
+        .filter_map(Result::ok)
+        .collect()
+}
+
+/// Accepts exactly the pinned certificates (the test's own Gitea on loopback).
+#[derive(Debug)]
+struct Pinned(Vec<CertificateDer<'static>>);
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if self.0.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "not the pinned Gitea certificate".into(),
+            ))
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
