@@ -30,8 +30,9 @@ need pigz pigz
 [ -x /usr/bin/time ] || need /usr/bin/time time
 
 echo "building the benchmark binary..." >&2
+# The bench's own artifact: cargo also lists the imagebuild binary it builds alongside.
 binary=$(cargo bench --bench build_layer --no-run --message-format=json 2>/dev/null \
-  | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
+  | grep '"name":"build_layer"' | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
 [ -x "$binary" ] || { echo "benches/builder.sh: cannot find the build_layer binary" >&2; exit 1; }
 
 echo "generating the context in $context (reused when present)..." >&2

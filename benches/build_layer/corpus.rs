@@ -1,5 +1,6 @@
 //! A deterministic ~500 MB build context shaped like real ones: many small source-like files,
-//! a few large compressible logs and tables, and a few incompressible media files.
+//! a few large compressible logs and tables, and a few incompressible media files; and a ~20 MB
+//! one of the same mix for small-context runs.
 
 use std::fs;
 use std::io::{self, BufWriter, Write};
@@ -9,10 +10,44 @@ use std::path::Path;
 const CORPUS_VERSION: &str = "imagebuild-bench-corpus-v1";
 const MIB: usize = 1 << 20;
 
-/// Makes the corpus under `dir` unless a complete one of this version is already there.
-pub fn ensure(dir: &Path) -> io::Result<()> {
+/// How many of each kind of file a corpus holds: (count, size) pairs.
+pub struct Shape {
+    /// Tag written to the marker, so two shapes never pass for each other.
+    name: &'static str,
+    /// Source directories of 120 files (about 4.9 kB each).
+    modules: usize,
+    logs: (usize, usize),
+    tables: (usize, usize),
+    media: (usize, usize),
+}
+
+/// ~500 MB: 24,000 source files, 180 MiB of logs, 40 MiB of tables, 160 MiB of media.
+pub const FULL: Shape = Shape {
+    name: "full",
+    modules: 200,
+    logs: (4, 45 * MIB),
+    tables: (2, 20 * MIB),
+    media: (4, 40 * MIB),
+};
+
+/// ~20 MB of the same mix: 960 source files, 8 MiB of logs, 3 MiB of tables, 4 MiB of media.
+pub const SMALL: Shape = Shape {
+    name: "small",
+    modules: 8,
+    logs: (1, 8 * MIB),
+    tables: (1, 3 * MIB),
+    media: (1, 4 * MIB),
+};
+
+/// Makes a corpus of `shape` under `dir` unless a complete one is already there.
+pub fn ensure_shape(dir: &Path, shape: &Shape) -> io::Result<()> {
     let marker = dir.join(".corpus-version");
-    if fs::read_to_string(&marker).is_ok_and(|v| v == CORPUS_VERSION) {
+    // The full corpus keeps its original marker, so existing copies stay valid.
+    let version = match shape.name {
+        "full" => CORPUS_VERSION.to_owned(),
+        name => format!("{CORPUS_VERSION}-{name}"),
+    };
+    if fs::read_to_string(&marker).is_ok_and(|v| v == version) {
         return Ok(());
     }
     if dir.exists() {
@@ -20,23 +55,29 @@ pub fn ensure(dir: &Path) -> io::Result<()> {
     }
     let mut rng = fastrand::Rng::with_seed(20_240_601);
     let words = vocabulary(&mut rng);
-    source_tree(&dir.join("src"), &words, &mut rng)?;
-    for i in 0..4 {
-        write_with(&dir.join(format!("logs/app-{i}.log")), 45 * MIB, |out| {
-            log_lines(out, &words, &mut rng)
-        })?;
+    source_tree(&dir.join("src"), shape.modules, &words, &mut rng)?;
+    for i in 0..shape.logs.0 {
+        write_with(
+            &dir.join(format!("logs/app-{i}.log")),
+            shape.logs.1,
+            |out| log_lines(out, &words, &mut rng),
+        )?;
     }
-    for i in 0..2 {
-        write_with(&dir.join(format!("data/table-{i}.csv")), 20 * MIB, |out| {
-            csv_rows(out, &mut rng)
-        })?;
+    for i in 0..shape.tables.0 {
+        write_with(
+            &dir.join(format!("data/table-{i}.csv")),
+            shape.tables.1,
+            |out| csv_rows(out, &mut rng),
+        )?;
     }
-    for i in 0..4 {
-        write_with(&dir.join(format!("media/video-{i}.bin")), 40 * MIB, |out| {
-            random_bytes(out, &mut rng)
-        })?;
+    for i in 0..shape.media.0 {
+        write_with(
+            &dir.join(format!("media/video-{i}.bin")),
+            shape.media.1,
+            |out| random_bytes(out, &mut rng),
+        )?;
     }
-    fs::write(marker, CORPUS_VERSION)
+    fs::write(marker, version)
 }
 
 /// Identifiers built from syllables, so text compresses like code rather than like noise.
@@ -66,8 +107,13 @@ fn word<'a>(words: &'a [String], rng: &mut fastrand::Rng) -> &'a str {
     &words[((r * r * r) * words.len() as f64) as usize]
 }
 
-fn source_tree(dir: &Path, words: &[String], rng: &mut fastrand::Rng) -> io::Result<()> {
-    for d in 0..200 {
+fn source_tree(
+    dir: &Path,
+    modules: usize,
+    words: &[String],
+    rng: &mut fastrand::Rng,
+) -> io::Result<()> {
+    for d in 0..modules {
         for f in 0..120 {
             let size = 200 + (rng.f64().powi(2) * 14_000.0) as usize;
             let path = dir.join(format!("module-{d:03}/part-{}/file-{f:03}.rs", f % 4));

@@ -3,6 +3,7 @@
 //! ```text
 //! cargo bench --bench build_layer -- DIR [--out DIR] [--level N] [--zstd N] [--threads N]
 //! cargo bench --bench build_layer -- --generate DIR
+//! cargo bench --bench build_layer -- --generate-small DIR
 //! ```
 
 mod corpus;
@@ -17,14 +18,14 @@ use imagebuild::layer::{self, Compression, LayerOptions};
 struct Args {
     context: PathBuf,
     out: PathBuf,
-    generate: bool,
+    generate: Option<&'static corpus::Shape>,
     options: LayerOptions,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut context = None;
     let mut out = PathBuf::from("target/bench/out");
-    let mut generate = false;
+    let mut generate = None;
     let mut options = LayerOptions::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -32,7 +33,8 @@ fn parse_args() -> Result<Args, String> {
         match arg.as_str() {
             // Added by `cargo bench` itself.
             "--bench" => {}
-            "--generate" => generate = true,
+            "--generate" => generate = Some(&corpus::FULL),
+            "--generate-small" => generate = Some(&corpus::SMALL),
             "--out" => out = PathBuf::from(value("--out")?),
             "--level" => {
                 let level = value("--level")?
@@ -65,8 +67,8 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    if args.generate {
-        corpus::ensure(&args.context)?;
+    if let Some(shape) = args.generate {
+        corpus::ensure_shape(&args.context, shape)?;
         return Ok(());
     }
     let started = Instant::now();
@@ -81,13 +83,14 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     println!("digest={}", blob.descriptor.digest);
     println!("diff_id={}", blob.diff_id);
     println!(
-        "stages=walk {:.2}s, read {:.2}s, tar {:.2}s, hash {:.2}s, compress {:.2}s (cpu), producer stalled {:.2}s",
+        "stages=walk {:.2}s, read {:.2}s, tar {:.2}s, hash {:.2}s, compress {:.2}s (cpu), producer stalled {:.2}s, layer total {:.2}s",
         s.walk.as_secs_f64(),
         s.read.as_secs_f64(),
         s.tar.as_secs_f64(),
         s.hash.as_secs_f64(),
         s.compress.as_secs_f64(),
-        s.stalled.as_secs_f64()
+        s.stalled.as_secs_f64(),
+        s.total.as_secs_f64()
     );
     std::fs::remove_file(&blob.path)?;
     Ok(())

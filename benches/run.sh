@@ -1,0 +1,478 @@
+#!/usr/bin/env bash
+# The registry benchmark of issue 7, in one run against the test environment's Gitea:
+#
+#   push        cold build + push of a ~500 MB and a ~20 MB context (benches/build_layer's
+#               deterministic corpus) by `imagebuild build --push`, by `tar` + `crane append`
+#               (go-containerregistry, default gzip) and by `tar | pigz` into an OCI layout
+#               (umoci) + `skopeo copy`; every run pushes to a fresh repository on the same base
+#   warm        the same push again (nothing changed), then with one file changed
+#   controller  kubectl apply of a ConfigMap + ImageBuild to Ready=True, N times in a row, then
+#               M ImageBuilds at once; controller peak RSS (VmHWM)
+#   profile     per-stage timers of our layer builder on the ~500 MB context, plus upload time
+#
+#   benches/run.sh                                  # everything, tables on stdout
+#   BENCH_SECTIONS="push warm" benches/run.sh       # some sections only
+#   BENCH_RUNS=3 benches/run.sh                     # cold runs per tool (fastest kept, default 2)
+#   BENCH_SERIAL=50 BENCH_MANY=200 benches/run.sh   # controller run counts (these defaults)
+#   BENCH_SIZES=small benches/run.sh                # cold pushes of the ~20 MB context only
+#
+# Results go to stdout and target/bench/results/ (raw timings, logs, stage timers). The
+# machine is shared: read cpu seconds (user+sys) and the ratios between rows of one run, not
+# absolute wall times. Needs apt (time, pigz, umoci, skopeo, jq, curl) and Go (crane); installs
+# what is missing. Starts the test environment if it is not up and stops it again at the end;
+# the controller it starts is stopped on exit. Every step has a time limit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+crane_version=v0.20.6
+tool_cache=${IMAGEBUILD_TESTENV_CACHE:-$HOME/.cache/imagebuild-testenv}
+sections=${BENCH_SECTIONS:-"push warm controller profile"}
+runs=${BENCH_RUNS:-2}
+sizes=${BENCH_SIZES:-"large small"}
+serial=${BENCH_SERIAL:-50}
+many=${BENCH_MANY:-200}
+bench=$repo/target/bench
+results=$bench/results
+work=$bench/work
+run_id=$(date -u +%H%M%S)-$$
+mkdir -p "$results" "$work"
+
+log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
+has_section() { [[ " $sections " == *" $1 "* ]]; }
+
+cleanup_steps=()
+cleanup() {
+  local step
+  for step in "${cleanup_steps[@]}"; do eval "$step" || true; done
+}
+trap cleanup EXIT
+
+# --- tools -------------------------------------------------------------------------------
+install_tools() {
+  local missing=()
+  [ -x /usr/bin/time ] || missing+=(time)
+  local tool
+  for tool in pigz umoci skopeo jq curl; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    timeout 600 apt-get install -y "${missing[@]}" >/dev/null
+  fi
+  crane=$tool_cache/crane-$crane_version/bin/crane
+  if [ ! -x "$crane" ]; then
+    log "installing crane $crane_version from the Go module proxy"
+    mkdir -p "$(dirname "$crane")"
+    GOBIN=$(dirname "$crane") timeout 900 go install \
+      "github.com/google/go-containerregistry/cmd/crane@$crane_version"
+  fi
+  log "building imagebuild and the build_layer benchmark (release)"
+  timeout 1800 cargo build --release --bin imagebuild >&2
+  imagebuild=$repo/target/release/imagebuild
+  layer_bench=$(timeout 1800 cargo bench --bench build_layer --no-run --message-format=json 2>/dev/null |
+    jq -r 'select(.reason == "compiler-artifact" and .target.name == "build_layer")
+      | .executable // empty' | tail -1)
+  [ -x "$layer_bench" ] || { echo "benches/run.sh: no build_layer binary" >&2; exit 1; }
+}
+
+# --- environment -------------------------------------------------------------------------
+start_env() {
+  if ! bash tests/env/up.sh --check >/dev/null 2>&1; then
+    log "starting the test environment"
+    timeout 3600 bash tests/env/up.sh >&2
+    cleanup_steps+=("bash '$repo/tests/env/down.sh' >&2")
+  fi
+  # shellcheck disable=SC1091
+  source target/testenv/env.sh
+  gitea=$IMAGEBUILD_TEST_GITEA
+  owner=$IMAGEBUILD_TEST_GITEA_OWNER
+  # crane (Go) trusts the Gitea certificate as a root; a CA:true cert may be its own leaf.
+  cat /etc/ssl/certs/ca-certificates.crt "$IMAGEBUILD_TEST_GITEA_CA" >"$work/ca-bundle.pem"
+  mkdir -p "$work/certs" "$work/docker"
+  cp "$IMAGEBUILD_TEST_GITEA_CA" "$work/certs/ca.crt"
+  export DOCKER_CONFIG=$work/docker SSL_CERT_FILE=$work/ca-bundle.pem
+  "$crane" auth login "$gitea" -u "$IMAGEBUILD_TEST_GITEA_USER" \
+    -p "$IMAGEBUILD_TEST_GITEA_PASSWORD" >/dev/null 2>&1
+}
+
+# --- measuring ---------------------------------------------------------------------------
+# timed NAME COMMAND...: runs COMMAND with a 30-minute limit; writes NAME.{out,err} and sets
+# wall, cpu (user+sys seconds of it and its children) and rss (peak, MB) for the caller.
+# registry_cpu is the CPU Gitea spent meanwhile: it shares the 2 cores with the tool measured.
+timed() {
+  local name=$1
+  shift
+  local start end gitea_before
+  gitea_before=$(gitea_cpu)
+  start=$(date +%s.%N)
+  /usr/bin/time -f '%U %S %M' -o "$results/$name.time" timeout 1800 "$@" \
+    >"$results/$name.out" 2>"$results/$name.err"
+  end=$(date +%s.%N)
+  registry_cpu=$(awk -v a="$gitea_before" -v b="$(gitea_cpu)" 'BEGIN { printf "%.2f", b - a }')
+  wall=$(awk -v s="$start" -v e="$end" 'BEGIN { printf "%.2f", e - s }')
+  read -r user sys rss_kb <"$results/$name.time"
+  cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
+  rss=$(awk -v k="$rss_kb" 'BEGIN { printf "%.1f", k / 1024 }')
+}
+
+# User+system seconds Gitea has used so far (0 when its pid file is not readable).
+gitea_cpu() {
+  local pid
+  pid=$(cat "$repo/target/testenv/run/gitea.pid" 2>/dev/null) || { echo 0; return; }
+  awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$pid/stat" \
+    2>/dev/null || echo 0
+}
+
+# Size of the last layer of IMAGE as the registry serves its manifest.
+layer_size() { "$crane" manifest "$1" | jq '.layers[-1].size'; }
+
+# Bytes crane uploaded: the blobs it reports as pushed (not "existing"), sized from the manifest.
+crane_uploaded() {
+  local err=$1 image=$2 manifest digest total=0 size
+  manifest=$("$crane" manifest "$image")
+  for digest in $(grep -o 'pushed blob: sha256:[0-9a-f]*' "$err" | cut -d' ' -f3); do
+    size=$(jq --arg d "$digest" '[.config, .layers[]] | map(select(.digest == $d)) | .[0].size // 0' \
+      <<<"$manifest")
+    total=$((total + size))
+  done
+  echo "$total"
+}
+
+imagebuild_file() { # FILE IMAGE [BASE]
+  {
+    echo "apiVersion: imagebuild.dev/v1alpha1"
+    echo "kind: ImageBuild"
+    echo "metadata: {name: bench}"
+    echo "spec:"
+    echo "  context: {persistentVolumeClaim: {claimName: unused}}"
+    echo "  image: $2"
+    echo "  tags: [latest]"
+    [ -z "${3:-}" ] || echo "  from: $3"
+  } >"$1"
+}
+
+ib_push() { # NAME CONTEXT IMAGE
+  imagebuild_file "$work/$1.yaml" "$3" "$base"
+  timed "$1" "$imagebuild" build -f "$work/$1.yaml" --context "$2" --push \
+    --ca-file "$IMAGEBUILD_TEST_GITEA_CA" --username "$IMAGEBUILD_TEST_GITEA_USER" \
+    --password-stdin <<<"$IMAGEBUILD_TEST_GITEA_PASSWORD"
+  uploaded=$(grep -o '([0-9]* bytes uploaded)' "$results/$1.err" | tr -dc 0-9)
+  compressed=$(layer_size "$3:latest")
+}
+
+crane_push() { # NAME CONTEXT IMAGE
+  timed "$1" bash -c 'tar -c --sort=name -C "$1" -f "$2" . && "$3" append -b "$4" -f "$2" -t "$5"' \
+    crane "$2" "$work/$1.tar" "$crane" "$base" "$3:latest"
+  rm -f "$work/$1.tar"
+  uploaded=$(crane_uploaded "$results/$1.err" "$3:latest")
+  compressed=$(layer_size "$3:latest")
+}
+
+skopeo_push() { # NAME CONTEXT IMAGE
+  timed "$1" "$0" __skopeo_push "$2" "$work/$1.oci" "$3:latest"
+  rm -rf "$work/$1.oci"
+  compressed=$(layer_size "$3:latest")
+  # skopeo uploads every blob of a fresh layout: the layer and the config.
+  uploaded=$((compressed + $("$crane" manifest "$3:latest" | jq '.config.size')))
+}
+
+# The skopeo reference, run under `timed` as one process tree: `tar | pigz -6` into a layout
+# that umoci made, then `skopeo copy` to the registry. umoci's own add-layer only takes
+# uncompressed tars, so the pigz blob is linked into the layout here (config, manifest, index).
+skopeo_layout_push() {
+  local context=$1 layout=$2 dest=$3 blobs diff_id digest config manifest
+  umoci init --layout "$layout"
+  umoci new --image "$layout:latest"
+  blobs=$layout/blobs/sha256
+  # One pass: the tar stream goes to pigz through a fifo and to sha256sum (the diffID).
+  mkfifo "$layout/tar.fifo"
+  pigz -6 -p 2 <"$layout/tar.fifo" >"$layout/layer" &
+  local pigz_pid=$!
+  diff_id=$(tar -c --sort=name -C "$context" . | tee "$layout/tar.fifo" | sha256sum | cut -d' ' -f1)
+  wait "$pigz_pid"
+  rm "$layout/tar.fifo"
+  digest=$(sha256sum "$layout/layer" | cut -d' ' -f1)
+  mv "$layout/layer" "$blobs/$digest"
+  manifest=$(jq -r '.manifests[0].digest' "$layout/index.json" | cut -d: -f2)
+  config=$(jq -r '.config.digest' "$blobs/$manifest" | cut -d: -f2)
+  jq -c --arg d "sha256:$diff_id" '.rootfs.diff_ids += [$d]' "$blobs/$config" >"$layout/c"
+  local new_config size_c size_l
+  new_config=$(sha256sum "$layout/c" | cut -d' ' -f1)
+  size_c=$(stat -c %s "$layout/c")
+  size_l=$(stat -c %s "$blobs/$digest")
+  mv "$layout/c" "$blobs/$new_config"
+  jq -c --arg c "sha256:$new_config" --argjson cs "$size_c" --arg l "sha256:$digest" \
+    --argjson ls "$size_l" \
+    '.config.digest = $c | .config.size = $cs | .layers += [{mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", digest: $l, size: $ls}]' \
+    "$blobs/$manifest" >"$layout/m"
+  local new_manifest size_m
+  new_manifest=$(sha256sum "$layout/m" | cut -d' ' -f1)
+  size_m=$(stat -c %s "$layout/m")
+  mv "$layout/m" "$blobs/$new_manifest"
+  jq -c --arg m "sha256:$new_manifest" --argjson ms "$size_m" \
+    '.manifests[0].digest = $m | .manifests[0].size = $ms' "$layout/index.json" >"$layout/i"
+  mv "$layout/i" "$layout/index.json"
+  skopeo copy --quiet --dest-cert-dir "$work/certs" \
+    --dest-creds "$IMAGEBUILD_TEST_GITEA_USER:$IMAGEBUILD_TEST_GITEA_PASSWORD" \
+    "oci:$layout:latest" "docker://$dest"
+}
+if [ "${1:-}" = __skopeo_push ]; then
+  shift
+  # shellcheck disable=SC1091
+  source target/testenv/env.sh
+  work=$repo/target/bench/work
+  skopeo_layout_push "$@"
+  exit
+fi
+
+# --- sections ----------------------------------------------------------------------------
+rows=()
+row() { rows+=("$1;$wall;$cpu;$rss;$uploaded;$compressed;$registry_cpu"); }
+
+# Prints the collected rows as a Markdown table (ratios against the crane row above them),
+# appends it to the summary and starts a new table.
+print_rows() { # TITLE
+  table "$1" | tee -a "$results/summary.md"
+  rows=()
+}
+
+table() {
+  echo
+  echo "## $1"
+  printf '| %-28s | %7s | %7s | %8s | %13s | %13s | %9s | %9s | %9s |\n' case "wall s" \
+    "cpu s" "RSS MB" "uploaded B" "compressed B" "wall/cr" "cpu/cr" "gitea cpu"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  local r label w c m u z g ref_w ref_c
+  for r in "${rows[@]}"; do
+    IFS=';' read -r label w c m u z g <<<"$r"
+    if [[ $label == *crane* ]]; then ref_w=$w ref_c=$c; fi
+    printf '| %-28s | %7s | %7s | %8s | %13s | %13s | %9s | %9s | %9s |\n' "$label" "$w" "$c" \
+      "$m" "$u" "$z" "$(awk -v a="${ref_w:-0}" -v b="$w" 'BEGIN { if (b > 0 && a > 0) printf "%.2fx", a / b; else print "-" }')" \
+      "$(awk -v a="${ref_c:-0}" -v b="$c" 'BEGIN { if (b > 0 && a > 0) printf "%.2fx", a / b; else print "-" }')" \
+      "$g"
+  done
+}
+
+prepare_contexts() {
+  log "generating the contexts (reused when present)"
+  "$layer_bench" --generate "$bench/context"
+  "$layer_bench" --generate-small "$bench/context-small"
+  large_mb=$(($(du -sb "$bench/context" | cut -f1) / 1000000))
+  small_mb=$(($(du -sb "$bench/context-small" | cut -f1) / 1000000))
+  # Warm the page cache so every tool reads the same cached files.
+  tar -c -C "$bench" context context-small | wc -c >/dev/null
+}
+
+push_base() {
+  mkdir -p "$work/base-context"
+  echo "benchmark base" >"$work/base-context/BASE"
+  base=$gitea/$owner/bench-base-$run_id:latest
+  local saved=$base
+  base=""
+  ib_push base "$work/base-context" "${saved%:latest}"
+  base=$saved
+}
+
+section_push() {
+  local size context n tool best
+  for size in $sizes; do
+    context=$bench/context
+    [ $size = large ] || context=$bench/context-small
+    for tool in crane imagebuild skopeo; do
+      best=""
+      for ((n = 1; n <= runs; n++)); do
+        local name=cold-$size-$tool-$n image=$gitea/$owner/bench-$run_id-$size-$tool-$n
+        log "cold $size $tool run $n"
+        "${tool/imagebuild/ib}_push" "$name" "$context" "$image"
+        # Fastest of N by wall; keep that run's figures.
+        if [ -z "$best" ] || awk -v a="$best" -v b="$wall" 'BEGIN { exit !(b < a) }'; then
+          best=$wall
+          best_row="$tool;$wall;$cpu;$rss;$uploaded;$compressed;$registry_cpu"
+        fi
+        eval "last_${size}_${tool}_image=$image"
+      done
+      IFS=';' read -r _ wall cpu rss uploaded compressed registry_cpu <<<"$best_row"
+      local label=$tool
+      [ $tool != imagebuild ] || label="imagebuild build --push"
+      [ $tool != crane ] || label="tar + crane append"
+      [ $tool != skopeo ] || label="tar|pigz + umoci + skopeo"
+      row "$label"
+    done
+    local mb=$large_mb
+    [ $size = large ] || mb=$small_mb
+    print_rows "Cold build + push, ${mb} MB context (fastest of $runs by wall)"
+  done
+}
+
+section_warm() {
+  local image_ib=${last_large_imagebuild_image:-$gitea/$owner/bench-$run_id-warm-imagebuild}
+  local image_cr=${last_large_crane_image:-$gitea/$owner/bench-$run_id-warm-crane}
+  local changed=$bench/context/src/module-000/part-0/file-000.rs saved=$work/changed.orig
+  if [ -z "${last_large_imagebuild_image:-}" ]; then
+    log "warm: first pushes (no push section ran)"
+    ib_push warm-first-imagebuild "$bench/context" "$image_ib"
+    crane_push warm-first-crane "$bench/context" "$image_cr"
+  fi
+  log "warm: nothing changed"
+  crane_push warm-same-crane "$bench/context" "$image_cr"
+  row "crane, nothing changed"
+  ib_push warm-same-imagebuild "$bench/context" "$image_ib"
+  row "imagebuild, nothing changed"
+  log "warm: one file changed"
+  cp -p "$changed" "$saved"
+  cleanup_steps+=("cp -p '$saved' '$changed'")
+  echo "// changed by benches/run.sh $run_id" >>"$changed"
+  crane_push warm-one-crane "$bench/context" "$image_cr"
+  row "crane, one file changed"
+  ib_push warm-one-imagebuild "$bench/context" "$image_ib"
+  row "imagebuild, one file changed"
+  cp -p "$saved" "$changed"
+  print_rows "Warm push of the ${large_mb} MB context to the same repository"
+}
+
+# Installs the chart with no replicas (as tests/controller_support does) and runs the release
+# controller on this host with the chart's ServiceAccount token and rendered configuration.
+start_controller() {
+  local dir=$work/controller profile sa token port
+  mkdir -p "$dir"
+  profile=$(jq -cn --arg h "$gitea" '[{host: $h,
+    caSecret: {namespace: "default", name: "idpbuilder-cert", key: "ca.crt"},
+    credentialsSecret: {namespace: "gitea", name: "gitea-credential",
+                        usernameKey: "username", passwordKey: "password"}}]')
+  timeout 300 helm upgrade --install imagebuild charts/imagebuild -n imagebuild-system \
+    --create-namespace --wait=false --set-json "registries=$profile" --set replicaCount=0 >/dev/null
+  sa=$(kubectl get serviceaccount -n imagebuild-system -l app.kubernetes.io/instance=imagebuild \
+    -o 'jsonpath={.items[0].metadata.name}')
+  kubectl get configmap -n imagebuild-system -l app.kubernetes.io/instance=imagebuild -o json |
+    jq -r '[.items[].data["config.yaml"] // empty][0]' >"$dir/config.yaml"
+  token=$(kubectl create token "$sa" -n imagebuild-system --duration 2h)
+  kubectl config view --raw --minify -o json | jq --arg t "$token" '{apiVersion: "v1",
+    kind: "Config", clusters: [{name: "test", cluster: .clusters[0].cluster}],
+    users: [{name: "controller", user: {token: $t}}],
+    contexts: [{name: "controller", context: {cluster: "test", user: "controller"}}],
+    "current-context": "controller"}' >"$dir/kubeconfig"
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  KUBECONFIG=$dir/kubeconfig POD_NAMESPACE=imagebuild-system RUST_LOG=info \
+    "$imagebuild" controller --config "$dir/config.yaml" --listen "127.0.0.1:$port" \
+    --work-dir "$dir" --identity "bench-$run_id" >"$results/controller.log" 2>&1 &
+  controller_pid=$!
+  cleanup_steps+=("kill $controller_pid 2>/dev/null; wait $controller_pid 2>/dev/null")
+  local i
+  for ((i = 0; i < 300; i++)); do
+    curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "benches/run.sh: the controller did not become ready; see $results/controller.log" >&2
+  exit 1
+}
+
+manifests() { # NS NAME BODY
+  cat <<EOF
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: $2-src, namespace: $1}
+data:
+  index.html: "$3"
+---
+apiVersion: imagebuild.dev/v1alpha1
+kind: ImageBuild
+metadata: {name: $2, namespace: $1}
+spec:
+  context:
+    configMaps: [{name: $2-src}]
+  image: $gitea/$owner/bench-$run_id-$2
+  tags: [latest]
+EOF
+}
+
+section_controller() {
+  start_controller
+  local ns=bench-$run_id i start end
+  kubectl create namespace "$ns" >/dev/null
+  cleanup_steps+=("timeout 300 kubectl delete namespace '$ns' --wait=false >/dev/null 2>&1")
+  # What one kubectl call costs here, included in every apply -> Ready figure below.
+  start=$(date +%s.%N)
+  kubectl get namespace "$ns" >/dev/null
+  kubectl_cost=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.3f", e - s }')
+  log "controller: $serial ImageBuilds one after another"
+  : >"$results/apply-to-ready.txt"
+  for ((i = 1; i <= serial; i++)); do
+    manifests "$ns" "one-$i" "<h1>run $run_id $i</h1>" >"$work/one.yaml"
+    start=$(date +%s.%N)
+    kubectl apply -f "$work/one.yaml" >/dev/null
+    kubectl wait -n "$ns" --for=condition=Ready=True "imagebuild/one-$i" --timeout=120s >/dev/null
+    end=$(date +%s.%N)
+    awk -v s="$start" -v e="$end" 'BEGIN { printf "%.3f\n", e - s }' >>"$results/apply-to-ready.txt"
+  done
+  read -r median p95 fastest slowest < <(sort -n "$results/apply-to-ready.txt" | awk '
+    { v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+      p = v[int(NR * 0.95 + 0.999)]; printf "%.3f %.3f %.3f %.3f\n", m, p, v[1], v[NR] }')
+  log "controller: $many ImageBuilds at once"
+  : >"$work/many.yaml"
+  for ((i = 1; i <= many; i++)); do
+    manifests "$ns" "many-$i" "<h1>many $run_id $i</h1>" >>"$work/many.yaml"
+    echo "---" >>"$work/many.yaml"
+  done
+  start=$(date +%s.%N)
+  kubectl apply -f "$work/many.yaml" >/dev/null
+  local waited=ok
+  kubectl wait -n "$ns" --for=condition=Ready=True imagebuild --all --timeout=900s \
+    >/dev/null 2>"$results/many-wait.err" || waited=failed
+  end=$(date +%s.%N)
+  local ready_count total hwm
+  ready_count=$(kubectl get imagebuild -n "$ns" -o json | jq '[.items[] | select(.metadata.name |
+    startswith("many-")) | select(any(.status.conditions[]?; .type == "Ready" and .status == "True"))] | length')
+  total=$(awk -v s="$start" -v e="$end" 'BEGIN { printf "%.1f", e - s }')
+  hwm=$(awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$controller_pid/status")
+  {
+    echo
+    echo "## Controller (release build, on this host, chart's ServiceAccount)"
+    echo "| measure | value |"
+    echo "|---|---:|"
+    echo "| apply -> Ready, median of $serial | ${median} s |"
+    echo "| apply -> Ready, p95 of $serial | ${p95} s |"
+    echo "| apply -> Ready, fastest / slowest | ${fastest} / ${slowest} s |"
+    echo "| one kubectl call (included twice in each figure above) | ${kubectl_cost} s |"
+    echo "| $many applied at once: Ready | $ready_count of $many (wait: $waited) |"
+    echo "| $many applied at once: apply -> all Ready | ${total} s |"
+    echo "| controller peak RSS (VmHWM) after all runs | ${hwm} MB |"
+  } | tee -a "$results/summary.md"
+}
+
+section_profile() {
+  log "profile: stage timers of the layer builder on the ${large_mb} MB context"
+  timed profile-layer "$layer_bench" "$bench/context" --out "$work"
+  local stages layer_wall layer_cpu layer_rss push_wall
+  stages=$(sed -n 's/^stages=//p' "$results/profile-layer.out")
+  layer_wall=$wall layer_cpu=$cpu layer_rss=$rss
+  imagebuild_file "$work/profile.yaml" "$gitea/$owner/bench-$run_id-profile"
+  timed profile-push "$imagebuild" build -f "$work/profile.yaml" --context "$bench/context" \
+    --push --ca-file "$IMAGEBUILD_TEST_GITEA_CA" --username "$IMAGEBUILD_TEST_GITEA_USER" \
+    --password-stdin <<<"$IMAGEBUILD_TEST_GITEA_PASSWORD"
+  push_wall=$wall
+  {
+    echo
+    echo "## Where the time goes (${large_mb} MB context, one run)"
+    echo "- layer builder alone (build_layer bench binary, default gzip level): ${layer_wall} s wall,"
+    echo "  ${layer_cpu} s cpu, ${layer_rss} MB peak; stages (thread wall time, so on a busy machine"
+    echo "  they include waiting for a core): $stages"
+    echo "- build + push (same inputs, fresh repository): ${push_wall} s wall, ${cpu} s cpu,"
+    echo "  ${rss} MB peak; Gitea used ${registry_cpu} s cpu meanwhile"
+    echo "- upload and registry round trips = build + push - layer: $(awk -v a="$push_wall" -v b="$layer_wall" 'BEGIN { printf "%.2f", a - b }') s"
+  } | tee -a "$results/summary.md" | tee "$results/profile.txt"
+}
+
+install_tools
+start_env
+prepare_contexts
+{
+  echo "# benches/run.sh $run_id, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores"
+  echo "load before: $(cut -d' ' -f1-3 /proc/loadavg); crane $crane_version; $(skopeo --version); $(umoci --version)"
+} | tee "$results/summary.md"
+push_base
+has_section push && section_push
+has_section warm && section_warm
+has_section controller && section_controller
+has_section profile && section_profile
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$results/summary.md"
