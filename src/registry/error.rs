@@ -547,6 +547,19 @@ fn not_found(ctx: &ResponseContext<'_>, body: &ErrorBody, detail: String) -> Reg
     let host = ctx.host.to_owned();
     let repository = ctx.repository.to_owned();
     match ctx.operation {
+        // Gitea answers a manifest naming a blob it lacks with 404 BLOB_UNKNOWN: not an owner
+        // problem (the owner exists, since the blobs went up to it).
+        Operation::PutManifest
+            if body.has_code("BLOB_UNKNOWN") || body.has_code("MANIFEST_BLOB_UNKNOWN") =>
+        {
+            RegistryError::ManifestRejected {
+                host,
+                repository,
+                detail: format!(
+                    "it references a blob the registry does not have ({detail}); build again"
+                ),
+            }
+        }
         // Gitea answers 404 on upload start and manifest upload when the owner is unknown; a
         // distribution registry creates repositories on first push and never gets here.
         Operation::StartUpload | Operation::PutManifest => RegistryError::OwnerNotFound {

@@ -877,6 +877,29 @@ async fn an_oversized_manifest_is_refused_before_sending() {
 }
 
 #[tokio::test]
+async fn a_manifest_naming_a_missing_blob_is_not_mistaken_for_an_unknown_owner() {
+    // Gitea's answer when a manifest references a blob it does not have.
+    let server = TestServer::http(|_| {
+        Reply::status(404).body(r#"{"errors":[{"code":"BLOB_UNKNOWN","message":""}]}"#)
+    })
+    .await;
+    let err = client_for(&server, None)
+        .put_manifest(
+            "o/app",
+            "v1",
+            Bytes::from_static(b"{}"),
+            oci::MEDIA_TYPE_IMAGE_MANIFEST,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "ManifestRejected", "{err}");
+    assert!(
+        err.to_string().contains("blob the registry does not have"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn a_ca_signed_server_certificate_is_accepted_with_the_ca_configured() {
     let (ca, leaf) = ca_and_leaf(&["localhost"]);
     let server = TestServer::https(&leaf.cert_pem, &leaf.key_pem, |_| Reply::status(200)).await;
