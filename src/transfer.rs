@@ -435,10 +435,17 @@ pub async fn send(request: SendRequest) -> Result<Counts, SendError> {
             })
         }
         Ok(_) => walked,
-        Err(e) => walked.and(Err(SendError::Upload {
-            url: request.url.clone(),
-            detail: error_chain(&e),
-        })),
+        Err(e) => {
+            let upload = SendError::Upload {
+                url: request.url.clone(),
+                detail: error_chain(&e),
+            };
+            match walked {
+                // The walk stopped because the request did: the request's error says why.
+                Ok(_) | Err(SendError::Upload { .. }) => Err(upload),
+                Err(walk) => Err(walk),
+            }
+        }
     }
 }
 

@@ -265,6 +265,67 @@ mod tests {
         assert_eq!(uploads.take(&id, &token).err(), Some(Refusal::Unknown));
     }
 
+    /// The endpoint on a loopback port, and its base URL.
+    async fn endpoint() -> (Uploads, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let uploads = Uploads::default();
+        tokio::spawn(serve(listener, uploads.clone()));
+        (uploads, url)
+    }
+
+    #[tokio::test]
+    async fn a_sent_directory_arrives_whole_and_the_build_hears_of_it() {
+        let (uploads, url) = endpoint().await;
+        let claim = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(claim.path().join("app/sub")).unwrap();
+        std::fs::write(claim.path().join("app/sub/b.txt"), "b\n").unwrap();
+        std::fs::write(claim.path().join("outside.txt"), "no\n").unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let into = work.path().join("context");
+        let mut expected = uploads.expect(into.clone(), options()).unwrap();
+        let sent = transfer::send(transfer::SendRequest {
+            claim_root: claim.path().to_owned(),
+            sub_path: Some("app".into()),
+            url: format!("{url}{}", expected.path()),
+            token: expected.token().to_owned(),
+        })
+        .await
+        .expect("sent");
+        let received = expected
+            .outcome()
+            .await
+            .expect("an outcome")
+            .expect("received");
+        assert_eq!(sent, received);
+        assert_eq!(
+            std::fs::read_to_string(into.join("sub/b.txt")).unwrap(),
+            "b\n"
+        );
+        assert!(!into.join("outside.txt").exists());
+    }
+
+    #[tokio::test]
+    async fn a_sender_with_the_wrong_token_is_turned_away_and_nothing_is_written() {
+        let (uploads, url) = endpoint().await;
+        let claim = tempfile::tempdir().unwrap();
+        std::fs::write(claim.path().join("a.txt"), "a\n").unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let expected = uploads
+            .expect(work.path().join("context"), options())
+            .unwrap();
+        let error = transfer::send(transfer::SendRequest {
+            claim_root: claim.path().to_owned(),
+            sub_path: None,
+            url: format!("{url}{}", expected.path()),
+            token: "0".repeat(64),
+        })
+        .await
+        .expect_err("refused");
+        assert!(error.to_string().contains("HTTP 401"), "{error}");
+        assert!(!work.path().join("context").exists());
+    }
+
     #[test]
     fn tokens_are_long_random_and_never_printed() {
         let uploads = Uploads::default();

@@ -335,3 +335,29 @@ fn a_sub_path_must_exist_and_lead_through_directories_only() {
         .to_string();
     assert!(climbing.contains("`..`"), "{climbing}");
 }
+
+#[tokio::test]
+async fn an_unreachable_controller_is_reported_as_such_not_as_a_broken_stream() {
+    let claim = tempfile::tempdir().unwrap();
+    write(claim.path(), "a.txt", "a\n");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/contexts/x");
+    let error = send(SendRequest {
+        claim_root: claim.path().to_owned(),
+        sub_path: None,
+        url: url.clone(),
+        token: "t".into(),
+    })
+    .await
+    .expect_err("nothing listens");
+    let message = error.to_string();
+    assert!(
+        message.starts_with(&format!("cannot send the context to {url}: ")),
+        "{message}"
+    );
+    assert!(!message.contains("stopped receiving"), "{message}");
+}
