@@ -297,7 +297,7 @@ section_push() {
       local label=$tool
       [ $tool != imagebuild ] || label="imagebuild build --push"
       [ $tool != crane ] || label="tar + crane append"
-      [ $tool != skopeo ] || label="tar|pigz + umoci + skopeo"
+      [ $tool != skopeo ] || label="tar + pigz, umoci, skopeo"
       row "$label"
     done
     local mb=$large_mb
