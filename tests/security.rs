@@ -73,13 +73,17 @@ fn no_password_or_token_appears_in_controller_logs_events_or_statuses() {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
     }
-    let ns = ctl::namespace("security");
+    let ns = robustness::Namespace::new("security");
     builds_that_handle_credentials(&ns, wrong_password);
 
     let mut secrets = robustness::secrets(env);
     secrets.push(wrong_password.to_owned());
     // Gitea password and token, registry password, ServiceAccount token, the wrong password.
-    assert_eq!(secrets.len(), 5, "not every secret of the environment is known");
+    assert_eq!(
+        secrets.len(),
+        5,
+        "not every secret of the environment is known"
+    );
     // Every controller log of this environment: this binary's and the suites' before it.
     let logs_dir = env.dir.join("controller");
     let mut scanned = Vec::new();

@@ -207,7 +207,7 @@ async fn accept_loop(
             };
             let service = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(req, &shared).await) }
+                async move { handle(req, &shared).await }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
@@ -241,7 +241,8 @@ fn broken_body(data: Bytes) -> Body {
     BodyExt::boxed(StreamBody::new(frames))
 }
 
-async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
+/// Answers one request; an error drops the connection without an answer.
+async fn handle(req: Request<Incoming>, shared: &Shared) -> Result<Response<Body>, std::io::Error> {
     shared.stats.requests.fetch_add(1, Ordering::Relaxed);
     let plan = shared.plan.lock().map(|p| p.clone()).unwrap_or_default();
     let length = req
@@ -261,11 +262,11 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
                 break;
             }
         }
-        return full(
+        return Ok(full(
             413,
             &[("Content-Type", "text/html")],
             "<html><head><title>413 Request Entity Too Large</title></head></html>",
-        );
+        ));
     }
     let fault = (!plan.faults.is_empty() && fastrand::f64() < plan.rate)
         .then(|| plan.faults[fastrand::usize(..plan.faults.len())]);
@@ -274,26 +275,25 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
     }
     match fault {
         Some(Fault::ServiceUnavailable) => {
-            return full(503, &[], "injected: service unavailable");
+            return Ok(full(503, &[], "injected: service unavailable"));
         }
         Some(Fault::TooManyRequests) => {
-            return full(429, &[("Retry-After", "1")], "injected: slow down");
+            return Ok(full(429, &[("Retry-After", "1")], "injected: slow down"));
         }
         Some(Fault::Stall) => {
             tokio::time::sleep(plan.stall).await;
-            return Response::builder()
-                .status(200)
-                .body(broken_body(Bytes::new()))
-                .expect("response");
+            // No answer at all: the service fails, and hyper drops the connection.
+            return Err(std::io::Error::other("injected stall"));
         }
         _ => {}
     }
+    let head = req.method() == hyper::Method::HEAD;
     let upstream = match forward(req, shared).await {
         Ok(r) => r,
-        Err(e) => return full(502, &[], &format!("proxy: upstream failed: {e}")),
+        Err(e) => return Ok(full(502, &[], &format!("proxy: upstream failed: {e}"))),
     };
     match fault {
-        Some(Fault::BadGatewayAfterForward) => full(502, &[], "injected: bad gateway"),
+        Some(Fault::BadGatewayAfterForward) => Ok(full(502, &[], "injected: bad gateway")),
         Some(Fault::ResetMidBody) | Some(Fault::Truncated) => {
             let (parts, body) = upstream.into_parts();
             let bytes = body
@@ -301,16 +301,20 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<Body> {
                 .await
                 .map(|c| c.to_bytes())
                 .unwrap_or_default();
+            if head || bytes.is_empty() {
+                // Nothing to cut short: the answer is lost altogether.
+                return Err(std::io::Error::other("injected reset"));
+            }
             let mut response = Response::from_parts(parts, ());
             // Keep the promised length: the client sees a short body, then the broken connection.
             response.headers_mut().insert(
                 hyper::header::CONTENT_LENGTH,
-                (bytes.len().max(1)).to_string().parse().expect("length"),
+                bytes.len().to_string().parse().expect("length"),
             );
             let half = bytes.slice(..bytes.len() / 2);
-            response.map(|()| broken_body(half))
+            Ok(response.map(|()| broken_body(half)))
         }
-        _ => upstream,
+        _ => Ok(upstream),
     }
 }
 
