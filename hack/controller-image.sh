@@ -28,7 +28,7 @@ log() { printf 'controller-image: %s\n' "$*" >&2; }
 binary="${IMAGEBUILD_BINARY:-}"
 if [[ -z "$binary" ]]; then
 	log "cargo build --release"
-	(cd "$repo" && cargo build --release --locked --bin imagebuild >&2)
+	(cd "$repo" && cargo build --release --bin imagebuild >&2)
 	binary="$repo/target/release/imagebuild"
 fi
 [[ -x "$binary" ]] || {

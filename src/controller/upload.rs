@@ -192,14 +192,27 @@ async fn receive(
     };
     let stream = body.into_data_stream().map_err(io::Error::other);
     let reader = SyncIoBridge::new(StreamReader::new(stream));
-    let (into, options) = (pending.into.clone(), pending.options.clone());
-    let outcome = tokio::task::spawn_blocking(move || transfer::receive(reader, &into, &options))
-        .await
-        .unwrap_or_else(|join| {
-            Err(ReceiveError::Interrupted(io::Error::other(
-                join.to_string(),
-            )))
-        });
+    let Pending {
+        into,
+        options,
+        done,
+        ..
+    } = pending;
+    let received = tokio::task::spawn_blocking(move || {
+        let reader = WhileAwaited {
+            inner: reader,
+            build: &done,
+        };
+        (transfer::receive(reader, &into, &options), done)
+    })
+    .await;
+    let (outcome, done) = match received {
+        Ok(received) => received,
+        Err(join) => {
+            let error = io::Error::other(join.to_string());
+            return (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n"));
+        }
+    };
     let reply = match &outcome {
         Ok(counts) => (
             StatusCode::OK,
@@ -220,8 +233,26 @@ async fn receive(
     };
     // The build hears the outcome before the reader Pod does, so a Pod that fails after a
     // refusal never hides the refusal's message.
-    let _ = pending.done.send(outcome);
+    let _ = done.send(outcome);
     reply
+}
+
+/// Reads the upload only while its build still waits for it: a build that timed out or whose
+/// ImageBuild is gone has removed its scratch directory, and nothing may be written there again.
+struct WhileAwaited<'a, R> {
+    inner: R,
+    build: &'a oneshot::Sender<Outcome>,
+}
+
+impl<R: std::io::Read> std::io::Read for WhileAwaited<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.build.is_closed() {
+            return Err(io::Error::other(
+                "the build stopped waiting for this context",
+            ));
+        }
+        self.inner.read(buf)
+    }
 }
 
 #[cfg(test)]
@@ -324,6 +355,21 @@ mod tests {
         .expect_err("refused");
         assert!(error.to_string().contains("HTTP 401"), "{error}");
         assert!(!work.path().join("context").exists());
+    }
+
+    #[test]
+    fn an_upload_stops_reading_once_its_build_stops_waiting() {
+        use std::io::Read;
+        let (done, outcome) = oneshot::channel::<Outcome>();
+        let mut reader = WhileAwaited {
+            inner: &b"tar bytes"[..],
+            build: &done,
+        };
+        let mut buf = [0u8; 3];
+        assert_eq!(reader.read(&mut buf).unwrap(), 3);
+        drop(outcome);
+        let error = reader.read(&mut buf).expect_err("stopped");
+        assert!(error.to_string().contains("stopped waiting"), "{error}");
     }
 
     #[test]
