@@ -1,0 +1,128 @@
+//! Load: 200 ImageBuilds applied at once complete with bounded concurrency and none starved;
+//! the controller's peak memory and the API request rate are reported. Slow (minutes), so
+//! ignored by default: `cargo test --test load -- --ignored --nocapture` (see the README).
+
+mod common;
+mod controller_support;
+mod robustness;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+const BUILDS: usize = 200;
+const CONCURRENCY: usize = 4;
+
+/// apiserver_request_total summed by (verb, resource, subresource).
+fn api_requests() -> BTreeMap<String, f64> {
+    let text = common::env().kubectl(&["get", "--raw", "/metrics"]);
+    let mut sums = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let Some((labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let label = |k: &str| {
+            labels
+                .split(&format!("{k}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let key = format!(
+            "{} {}/{}",
+            label("verb"),
+            label("resource"),
+            label("subresource")
+        );
+        *sums.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+    }
+    sums
+}
+
+#[test]
+fn two_hundred_imagebuilds_complete_with_bounded_concurrency() {
+    let env = common::env();
+    let controller = robustness::Controller::start(
+        &common::unique_name("load"),
+        |_| {},
+        &["--concurrency", &CONCURRENCY.to_string()],
+    );
+    let ns = robustness::Namespace::new("load");
+    let mut manifests = String::new();
+    for i in 0..BUILDS {
+        let image = env.gitea_image(&common::unique_name(&format!("load{i}")));
+        manifests.push_str(&format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: b{i}-src, namespace: {ns}}}\ndata: {{index.html: \"build {i}\"}}\n---\napiVersion: imagebuild.dev/v1alpha1\nkind: ImageBuild\nmetadata: {{name: b{i}, namespace: {ns}}}\nspec:\n  context: {{configMaps: [{{name: b{i}-src}}]}}\n  image: {image}\n---\n"
+        ));
+    }
+    let before = api_requests();
+    let started = Instant::now();
+    let out = env.kubectl_stdin(&["apply", "--server-side", "-f", "-"], &manifests);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut done: HashMap<String, Duration> = HashMap::new();
+    let mut max_in_flight = 0;
+    let mut polls = 0;
+    while done.len() < BUILDS && started.elapsed() < Duration::from_secs(1200) {
+        std::thread::sleep(Duration::from_secs(1));
+        polls += 1;
+        let list: serde_json::Value =
+            serde_json::from_str(&env.kubectl(&["get", "imagebuilds", "-n", &ns, "-o", "json"]))
+                .expect("list");
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        let in_flight = items
+            .iter()
+            .filter(|ib| matches!(ib["status"]["phase"].as_str(), Some("Building" | "Pushing")))
+            .count();
+        max_in_flight = max_in_flight.max(in_flight);
+        for ib in &items {
+            let name = ib["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            match ib["status"]["phase"].as_str() {
+                Some("Succeeded") => {
+                    done.entry(name).or_insert_with(|| started.elapsed());
+                }
+                Some("Failed") => panic!("{name} failed: {:#}", ib["status"]),
+                _ => {}
+            }
+        }
+    }
+    let total = started.elapsed();
+    let after = api_requests();
+    assert_eq!(
+        done.len(),
+        BUILDS,
+        "only {} of {BUILDS} Ready in {total:?}",
+        done.len()
+    );
+    assert!(
+        max_in_flight <= CONCURRENCY,
+        "{max_in_flight} builds in flight with --concurrency {CONCURRENCY}"
+    );
+    let mut times: Vec<Duration> = done.values().copied().collect();
+    times.sort();
+    let delta: BTreeMap<&String, f64> = after
+        .iter()
+        .map(|(k, v)| (k, v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d >= 1.0)
+        .collect();
+    let all: f64 = delta.values().sum();
+    let peak = controller.peak_rss_kib().unwrap_or(0);
+    eprintln!(
+        "{BUILDS} builds Ready in {total:.1?} (median done at {:.1?}, last at {:.1?}); max in flight {max_in_flight}; controller VmHWM {} MiB; API server requests {all:.0} in total ({:.1}/s, including the test's {polls} list polls and {} creates); by verb/resource: {delta:?}",
+        times[BUILDS / 2],
+        times[BUILDS - 1],
+        peak / 1024,
+        all / total.as_secs_f64(),
+        2 * BUILDS,
+    );
+    assert!(controller.healthy());
+}
