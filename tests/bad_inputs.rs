@@ -142,9 +142,88 @@ fn substitute(text: &str, vars: &BTreeMap<&str, String>) -> String {
     out
 }
 
+/// An image index in Gitea that holds only a linux/arm64 image: `host/owner/name:1`.
+fn arm_only_base() -> &'static str {
+    static BASE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BASE.get_or_init(|| {
+        let env = common::env();
+        let work = tempfile::tempdir().expect("tempdir");
+        let repo = env.gitea_image(&common::unique_name("armonly"));
+        let context = work.path().join("ctx");
+        std::fs::create_dir_all(&context).expect("dir");
+        std::fs::write(context.join("a.txt"), "arm").expect("file");
+        let file = robustness::write_file(
+            work.path(),
+            "ib.yaml",
+            &format!(
+                "apiVersion: imagebuild.dev/v1alpha1\nkind: ImageBuild\nmetadata: {{name: arm}}\nspec:\n  context: {{persistentVolumeClaim: {{claimName: unused}}}}\n  image: {repo}\n  tags: [arm]\n  platform: linux/arm64\n"
+            ),
+        );
+        let out = common::output_with_stdin(
+            std::process::Command::new(env!("CARGO_BIN_EXE_imagebuild"))
+                .arg("build")
+                .arg("-f")
+                .arg(&file)
+                .arg("--context")
+                .arg(&context)
+                .arg("--push")
+                .arg("--ca-file")
+                .arg(&env.gitea_ca)
+                .args(["--username", &env.gitea_user, "--password-stdin"]),
+            env.gitea_password.as_bytes(),
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let certs = env.cert_dir(&env.gitea_ca);
+        let manifest = common::output(env.cmd("skopeo").args([
+            "inspect",
+            "--raw",
+            "--cert-dir",
+            &certs.path().to_string_lossy(),
+            "--creds",
+            &env.gitea_creds(),
+            &format!("docker://{repo}:arm"),
+        ]))
+        .stdout;
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": imagebuild::oci::Digest::of(&manifest).to_string(),
+                "size": manifest.len(),
+                "platform": {"os": "linux", "architecture": "arm64"},
+            }],
+        });
+        let (host, path) = repo.split_once('/').expect("host/path");
+        // The password goes to curl on stdin (a config file), never on its command line.
+        let curl_config = format!(
+            "user = \"{}\"\n",
+            env.gitea_creds().replace('\\', "\\\\").replace('"', "\\\"")
+        );
+        let put = common::output_with_stdin(
+            env.cmd("curl")
+                .args(["-sS", "-f", "-K", "-", "--cacert"])
+                .arg(&env.gitea_ca)
+                .args([
+                    "-X",
+                    "PUT",
+                    "-H",
+                    "Content-Type: application/vnd.oci.image.index.v1+json",
+                    "--data-binary",
+                    &index.to_string(),
+                    &format!("https://{host}/v2/{path}/manifests/1"),
+                ]),
+            curl_config.as_bytes(),
+        );
+        assert!(put.status.success(), "PUT index: {}", String::from_utf8_lossy(&put.stderr));
+        format!("{repo}:1")
+    })
+}
+
 fn vars(ns: &str, case: &Case, image: &str, traps: &TlsTraps) -> BTreeMap<&'static str, String> {
     let env = common::env();
     BTreeMap::from([
+        ("ARM_ONLY_BASE", arm_only_base().to_owned()),
         ("NS", ns.to_owned()),
         ("NAME", case.name.clone()),
         ("IMAGE", image.to_owned()),
