@@ -102,6 +102,12 @@ pub struct Pushed {
 /// image. Nothing is pushed.
 pub async fn build_image(job: &BuildJob) -> Result<Prepared, BuildError> {
     let spec = &job.spec;
+    // The destination is checked even when nothing is pushed: a layout tagged for a name no
+    // registry accepts is a failure found late.
+    RepositoryRef::parse(&spec.image)?;
+    for tag in &spec.tags {
+        crate::reference::validate_tag(tag)?;
+    }
     let platform = spec
         .platform
         .as_deref()

@@ -263,7 +263,7 @@ fn every_bad_input_ends_with_a_clear_refusal_and_the_controller_keeps_serving() 
         },
         &[],
     );
-    let ns = robustness::Namespace::new("bad-inputs");
+    let ns = controller_support::namespace("bad-inputs");
     let secrets = robustness::secrets(env);
     let cases: Vec<Case> = corpus().into_iter().filter(|c| c.kind != "cli").collect();
     assert!(

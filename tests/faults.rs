@@ -259,7 +259,7 @@ fn builds_requested() -> u64 {
 fn random_registry_failures_at_20_percent_lose_nothing() {
     let rig = rig();
     let started = Instant::now();
-    let ns = robustness::Namespace::new("faults-random");
+    let ns = controller_support::namespace("faults-random");
     let n = builds_requested();
     let builds: Vec<Build> = (0..n).map(|i| Build::new("random", i)).collect();
     let before = rig.proxy.stats.injected();
@@ -293,7 +293,7 @@ fn random_registry_failures_at_20_percent_lose_nothing() {
 fn a_registry_outage_in_the_middle_of_uploads_ends_with_the_same_digests() {
     let rig = rig();
     let started = Instant::now();
-    let ns = robustness::Namespace::new("faults-outage");
+    let ns = controller_support::namespace("faults-outage");
     let builds: Vec<Build> = (0..6).map(|i| Build::new("outage", 100 + i)).collect();
     let manifests: String = builds.iter().map(|b| b.manifests(&ns)).collect();
     apply(&manifests);
@@ -323,7 +323,7 @@ fn a_registry_outage_in_the_middle_of_uploads_ends_with_the_same_digests() {
 fn a_controller_killed_again_and_again_mid_build_ends_with_clean_digests() {
     let mut rig = rig();
     let started = Instant::now();
-    let ns = robustness::Namespace::new("faults-kill");
+    let ns = controller_support::namespace("faults-kill");
     let builds: Vec<Build> = (0..8).map(|i| Build::new("killed", 200 + i)).collect();
     // Slow uploads (stalls) keep builds in flight when the controller dies.
     rig.proxy.set_plan(|p| {

@@ -50,7 +50,7 @@ fn two_hundred_imagebuilds_complete_with_bounded_concurrency() {
         |_| {},
         &["--concurrency", &CONCURRENCY.to_string()],
     );
-    let ns = robustness::Namespace::new("load");
+    let ns = controller_support::namespace("load");
     let mut manifests = String::new();
     for i in 0..BUILDS {
         let image = env.gitea_image(&common::unique_name(&format!("load{i}")));

@@ -73,7 +73,7 @@ fn no_password_or_token_appears_in_controller_logs_events_or_statuses() {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
     }
-    let ns = robustness::Namespace::new("security");
+    let ns = controller_support::namespace("security");
     builds_that_handle_credentials(&ns, wrong_password);
 
     let mut secrets = robustness::secrets(env);

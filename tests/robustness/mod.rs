@@ -226,32 +226,3 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&path, text).expect("write file");
     path
 }
-
-/// A test namespace, deleted when the test ends (pass or fail): every controller started later
-/// reconciles every ImageBuild left in the cluster, so leftovers would slow the suites after.
-pub struct Namespace(pub String);
-
-impl Namespace {
-    pub fn new(prefix: &str) -> Self {
-        Self(ctl::namespace(prefix))
-    }
-}
-
-impl std::ops::Deref for Namespace {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = common::env().kubectl_output(&["delete", "namespace", &self.0, "--wait=false"]);
-    }
-}
-
-impl std::fmt::Display for Namespace {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
