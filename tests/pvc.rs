@@ -521,12 +521,14 @@ spec:
     };
     let running = started.elapsed();
     assert_eq!(log, "hello from the claim\nnested\nhello.txt\nsub\n");
-    let pod_image = case
-        .ns
-        .jsonpath("pods", "{.items[0].status.containerStatuses[0].imageID}");
+    let pods = case.ns.list("pods", "app=site");
+    let pod_image = pods[0]["status"]["containerStatuses"][0]["imageID"]
+        .as_str()
+        .unwrap_or_default();
+    let digest = image_ref.split_once('@').map(|(_, d)| d).unwrap_or("?");
     assert!(
-        pod_image.ends_with(image_ref.split('@').nth(1).unwrap_or("?")),
-        "{pod_image}"
+        pod_image.ends_with(digest),
+        "{pod_image} is not {image_ref}"
     );
     eprintln!(
         "apply -> Ready=True {:.1} s; apply -> Pod of the built image running {:.1} s",
@@ -801,7 +803,7 @@ spec:
         "{message}"
     );
     assert!(
-        message.contains("volume node affinity conflict"),
+        message.contains("Unschedulable") && message.contains("PersistentVolume's node affinity"),
         "{message}"
     );
     assert!(
