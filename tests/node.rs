@@ -279,8 +279,17 @@ const POD_TIMEOUT: Duration = Duration::from_secs(180);
 fn node_is_ready_with_the_pinned_kubelet_and_containerd() {
     let node = node();
     let env = node.env;
-    let out = env.kubectl(&["get", "node", node.name(), "-o", "json"]);
-    let n: serde_json::Value = serde_json::from_str(&out).expect("node JSON");
+    // Right after start-up the node lifecycle controller may not have lifted the not-ready
+    // taint yet: give it the few seconds it takes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let n: serde_json::Value = loop {
+        let out = env.kubectl(&["get", "node", node.name(), "-o", "json"]);
+        let n: serde_json::Value = serde_json::from_str(&out).expect("node JSON");
+        if n["spec"]["taints"].is_null() || std::time::Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     let ready = n["status"]["conditions"]
         .as_array()
         .unwrap()
