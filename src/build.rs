@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::api::ImageBuildSpec;
 use crate::context::{ContextError, ContextItem, ContextOptions, FileTree};
 use crate::image::{ImageError, ImageSpec};
-use crate::layer::{Compression, LayerError, LayerOptions};
+use crate::layer::{Compression, LayerBlob, LayerCache, LayerError, LayerOptions};
 use crate::layout::LayoutError;
 use crate::oci::{BlobLocation, BuiltImage, Digest, InvalidPlatform, Platform};
 use crate::reference::{ImageRef, ReferenceError, RepositoryRef};
@@ -79,6 +79,10 @@ pub struct BuildJob {
     pub max_context_bytes: Option<u64>,
     /// `SOURCE_DATE_EPOCH`: file times and the image's creation time; default 0.
     pub source_date_epoch: Option<i64>,
+    /// Layers built before from an unchanged directory: when one is recorded and the target
+    /// repository still holds it, the layer is not built again. Only for pushes (a layout
+    /// needs the bytes).
+    pub layer_cache: Option<LayerCache>,
 }
 
 /// A built image, not yet pushed, with the clients that fetched its base.
@@ -130,22 +134,78 @@ pub async fn build_image(job: &BuildJob) -> Result<Prepared, BuildError> {
         threads: 0,
     };
     let source = job.source.clone();
-    let out_dir = job.work_dir.clone();
-    let layer = tokio::task::spawn_blocking(move || {
+    let use_cache = job.layer_cache.is_some();
+    let options = layer_options.clone();
+    // The cache key stats every file: part of the walk, off the async runtime too.
+    let (tree, key) = blocking(move || {
         let tree = match source {
             ContextSource::Files(items) => FileTree::from_items(items, &context)?,
             ContextSource::Directory(dir) => FileTree::from_dir(&dir, &context)?,
         };
-        Ok::<_, BuildError>(crate::layer::build_layer(&tree, &layer_options, &out_dir)?)
+        let key = use_cache
+            .then(|| LayerCache::key(&tree, &options))
+            .flatten();
+        Ok::<_, ContextError>((tree, key))
     })
-    .await
-    .map_err(|e| BuildError::Internal(e.to_string()))??;
+    .await?;
+    let layer = match cached_layer(job, key.as_ref()).await? {
+        Some(layer) => layer,
+        None => {
+            let out_dir = job.work_dir.clone();
+            let layer =
+                blocking(move || crate::layer::build_layer(&tree, &layer_options, &out_dir))
+                    .await?;
+            if let (Some(cache), Some(key)) = (&job.layer_cache, key) {
+                cache.put(&key, &layer);
+            }
+            layer
+        }
+    };
     let image = crate::image::assemble(
         base.as_ref(),
         &layer,
         &image_spec(spec, job.source_date_epoch),
     )?;
     Ok(Prepared { image, base_client })
+}
+
+/// The layer recorded in the job's cache for this tree, when the target repository still
+/// holds it.
+async fn cached_layer(
+    job: &BuildJob,
+    key: Option<&Digest>,
+) -> Result<Option<LayerBlob>, BuildError> {
+    let (Some(cache), Some(key)) = (&job.layer_cache, key) else {
+        return Ok(None);
+    };
+    let Some(found) = cache.get(key) else {
+        return Ok(None);
+    };
+    let repository = RepositoryRef::parse(&job.spec.image)?;
+    let client = job.target.client()?;
+    if !client
+        .blob_exists(&repository.repository, &found.descriptor.digest)
+        .await?
+    {
+        return Ok(None);
+    }
+    tracing::debug!(digest = %found.descriptor.digest, "layer unchanged since it was pushed; not building it again");
+    Ok(Some(found.into_layer_blob()))
+}
+
+/// Runs file-system work off the async runtime.
+async fn blocking<T, E>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, BuildError>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    BuildError: From<E>,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| BuildError::Internal(e.to_string()))?
+        .map_err(BuildError::from)
 }
 
 /// Pushes a prepared image to `spec.image` under `spec.tags`.

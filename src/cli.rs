@@ -13,6 +13,8 @@ use crate::build::{BuildError, BuildJob, CaBundle, ContextSource, RegistryAccess
 use crate::context::ContextItem;
 use crate::controller::StartError;
 use crate::controller::error::Error as ControllerError;
+use crate::layer::LayerCache;
+use crate::oci::BlobLocation;
 use crate::reference::{ImageRef, RepositoryRef};
 use crate::registry::Credentials;
 
@@ -295,6 +297,8 @@ pub struct BuildRequest {
     pub context: Option<PathBuf>,
     pub output: Option<PathBuf>,
     pub push: bool,
+    /// Whether a push may skip building a layer recorded in the user's layer cache.
+    pub cache: bool,
 }
 
 /// `imagebuild build`: the controller's builder on local inputs; prints the digest (or, with
@@ -327,6 +331,10 @@ pub async fn build(request: BuildRequest, flags: &RegistryFlags) -> Result<(), F
         work_dir,
         max_context_bytes: None,
         source_date_epoch: source_date_epoch()?,
+        // A layout needs the layer's bytes, so only a push alone may skip building it.
+        layer_cache: (request.cache && request.push && request.output.is_none())
+            .then(LayerCache::user_default)
+            .flatten(),
     };
     let mut prepared = crate::build::build_image(&job).await?;
     if let Some(dir) = &request.output {
@@ -340,6 +348,17 @@ pub async fn build(request: BuildRequest, flags: &RegistryFlags) -> Result<(), F
         );
     }
     if request.push {
+        if let Some(layer) = prepared
+            .image
+            .layers
+            .last()
+            .filter(|l| l.location == BlobLocation::Target)
+        {
+            eprintln!(
+                "imagebuild: the context is unchanged since its layer {} was pushed; not building it again (--no-cache builds it)",
+                layer.descriptor.digest
+            );
+        }
         let pushed = crate::build::push_image(&job, prepared, progress()).await?;
         finish_progress();
         eprintln!(

@@ -94,7 +94,7 @@ pub fn assemble(
         .collect();
     layers.push(Blob {
         descriptor: layer.descriptor.clone(),
-        location: BlobLocation::File(layer.path.clone()),
+        location: layer.location.clone(),
     });
 
     let manifest = oci::Manifest {

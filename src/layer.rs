@@ -8,6 +8,7 @@
 //! Compression: see `blocks` (independent 1 MiB gzip members or zstd frames, both cores).
 
 mod blocks;
+mod cache;
 mod tar_header;
 #[cfg(test)]
 mod tests;
@@ -19,10 +20,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::context::{Content, EntryKind, FileTree};
-use crate::oci::{self, Descriptor, Digest};
+use crate::oci::{self, BlobLocation, Descriptor, Digest};
 use tar_header::HeaderKind;
 
 pub use blocks::BLOCK_SIZE;
+pub use cache::{CachedLayer, LayerCache};
 
 /// The gzip level used unless one is asked for (libdeflate's scale, 0–12). Chosen with
 /// `benches/builder.sh`: level 6 stays within 1% of `gzip -6`'s size on mixed and on
@@ -107,10 +109,21 @@ pub struct LayerBlob {
     pub diff_id: Digest,
     /// Bytes of the uncompressed tar.
     pub uncompressed_size: u64,
-    /// `out_dir/<hex of the digest>`.
-    pub path: PathBuf,
+    /// `File(out_dir/<hex of the digest>)` when written; `Target` when a cache showed the
+    /// target repository already holds it.
+    pub location: BlobLocation,
     /// Timings, for logs and metrics.
     pub stats: LayerStats,
+}
+
+impl LayerBlob {
+    /// The blob's file, when it was written here.
+    pub fn file(&self) -> Option<&Path> {
+        match &self.location {
+            BlobLocation::File(path) => Some(path),
+            _ => None,
+        }
+    }
 }
 
 /// Where the time went while writing a layer.
@@ -232,7 +245,7 @@ pub fn build_layer(
         },
         diff_id,
         uncompressed_size: output.uncompressed,
-        path,
+        location: BlobLocation::File(path),
         stats,
     })
 }

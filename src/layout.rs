@@ -36,6 +36,12 @@ pub enum LayoutError {
         repository: String,
         dir: PathBuf,
     },
+    #[error(
+        "the layer {digest} was not built (a registry already held it), so it cannot be \
+         written to {}",
+        dir.display()
+    )]
+    NotBuilt { digest: Digest, dir: PathBuf },
     #[error("{} is not an OCI image layout: {reason}", dir.display())]
     NotALayout { dir: PathBuf, reason: String },
     #[error("{} has no image tagged `{tag}`; it has: {available}", dir.display())]
@@ -140,6 +146,11 @@ fn write_blob(blobs: &Path, blob: &Blob, image: &BuiltImage) -> Result<(), Layou
             }
             copy_atomically(source, &target)
         }
+        BlobLocation::Target if target.exists() => Ok(()),
+        BlobLocation::Target => Err(LayoutError::NotBuilt {
+            digest: blob.descriptor.digest.clone(),
+            dir: blobs.to_owned(),
+        }),
         BlobLocation::Base => {
             if target.exists() {
                 return Ok(());

@@ -135,6 +135,11 @@ struct BuildArgs {
     /// Push to spec.image with spec.tags.
     #[arg(long)]
     push: bool,
+    /// Build the layer even when an unchanged --context directory was pushed before (by
+    /// default a push skips it when the registry still holds it; the record of pushed layers
+    /// is kept in $IMAGEBUILD_CACHE_DIR, else $XDG_CACHE_HOME/imagebuild or ~/.cache/imagebuild).
+    #[arg(long)]
+    no_cache: bool,
     #[command(flatten)]
     registry: RegistryFlags,
 }
@@ -197,6 +202,7 @@ async fn run(command: Command) -> Result<(), cli::Failure> {
                 context: args.context,
                 output: args.output,
                 push: args.push,
+                cache: !args.no_cache,
             };
             cli::build(request, &args.registry).await
         }

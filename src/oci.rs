@@ -231,6 +231,9 @@ pub enum BlobLocation {
     Bytes(bytes::Bytes),
     /// A layer of the base image, in the base's repository (`BaseImage::repository`).
     Base,
+    /// Already in the target repository (seen there before the build, so it was not built
+    /// again); there is no local copy.
+    Target,
 }
 
 /// One blob of a built image and where to read it.

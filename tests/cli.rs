@@ -18,7 +18,15 @@ const HELLO_SITE_DIGEST: &str =
 fn imagebuild() -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_imagebuild"));
     cmd.env_remove("SOURCE_DATE_EPOCH");
+    // The tests' record of pushed layers, not the user's.
+    cmd.env("IMAGEBUILD_CACHE_DIR", layer_cache_dir());
     cmd
+}
+
+fn layer_cache_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("cache dir"))
+        .path()
 }
 
 /// Runs imagebuild with `stdin`; returns the whole output.
@@ -354,6 +362,58 @@ fn an_image_on_a_base_reuses_the_base_layers_and_a_second_push_uploads_nothing()
             .exists(),
         "our files present"
     );
+}
+
+#[test]
+fn pushing_an_unchanged_directory_again_builds_nothing_unless_the_registry_lost_the_layer() {
+    let env = common::env();
+    let target = gitea(env);
+    let work = tempfile::tempdir().expect("tempdir");
+    let context = work.path().join("ctx");
+    write_context(&context);
+    // Files changed in the last two seconds are never trusted to the cache.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let image = target.repo(&common::unique_name("cached"));
+    let file = image_build_file(work.path(), &image, "");
+    let not_built = "not building it again";
+
+    let (first, first_log) = push_context(&target, &file, &context);
+    assert!(!first_log.contains(not_built), "{first_log}");
+    let (second, second_log) = push_context(&target, &file, &context);
+    assert_eq!(second, first, "same files, same digest");
+    assert!(second_log.contains(not_built), "{second_log}");
+    assert!(second_log.contains("(0 bytes uploaded)"), "{second_log}");
+    assert_eq!(
+        target.served_digest(env, &format!("{image}:v1")),
+        digest_part(&first)
+    );
+
+    // Another repository lacks the layer: it is built and uploaded, to the same digest.
+    let elsewhere = target.repo(&common::unique_name("cached-elsewhere"));
+    let other_dir = work.path().join("elsewhere");
+    std::fs::create_dir_all(&other_dir).expect("dir");
+    let other_file = image_build_file(&other_dir, &elsewhere, "");
+    let (third, third_log) = push_context(&target, &other_file, &context);
+    assert!(!third_log.contains(not_built), "{third_log}");
+    assert!(!third_log.contains("(0 bytes uploaded)"), "{third_log}");
+    assert_eq!(digest_part(&third), digest_part(&first));
+
+    // A changed file is a new layer.
+    std::fs::write(context.join("site/index.html"), "<h1>changed</h1>").expect("edit");
+    let (fourth, fourth_log) = push_context(&target, &file, &context);
+    assert!(!fourth_log.contains(not_built), "{fourth_log}");
+    assert_ne!(digest_part(&fourth), digest_part(&first));
+    let pulled = target.pull(env, &fourth);
+    let index = pulled.path().join("bundle/rootfs/app/site/index.html");
+    assert_eq!(
+        std::fs::read_to_string(index).expect("index"),
+        "<h1>changed</h1>"
+    );
+}
+
+/// The digest of `host/repo@digest`.
+fn digest_part(image_ref: &str) -> &str {
+    image_ref.rsplit_once('@').map_or(image_ref, |(_, d)| d)
 }
 
 #[test]

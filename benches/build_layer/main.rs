@@ -92,7 +92,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         s.stalled.as_secs_f64(),
         s.total.as_secs_f64()
     );
-    std::fs::remove_file(&blob.path)?;
+    if let Some(file) = blob.file() {
+        std::fs::remove_file(file)?;
+    }
     Ok(())
 }
 

@@ -221,6 +221,9 @@ async fn build_and_push(
         work_dir: work.path().to_path_buf(),
         max_context_bytes: Some(ctx.config.max_context_bytes),
         source_date_epoch: None,
+        // Contexts arrive as ConfigMap data or a fresh upload: the context digest already
+        // short-circuits unchanged builds.
+        layer_cache: None,
     };
     let (api, ib) = (api.clone(), ib.clone());
     let mut pushing = building.clone();

@@ -18,7 +18,7 @@ fn layer() -> LayerBlob {
         },
         diff_id: Digest::of(b"uncompressed"),
         uncompressed_size: 12,
-        path: PathBuf::from("/blobs/layer"),
+        location: BlobLocation::File(PathBuf::from("/blobs/layer")),
         stats: LayerStats::default(),
     }
 }

@@ -106,8 +106,11 @@ fn the_same_tree_gives_the_same_digest_whatever_the_thread_count() {
 #[test]
 fn digests_are_of_the_compressed_and_uncompressed_bytes_and_name_the_file() {
     let (blob, out) = build(&small_tree(), &LayerOptions::default());
-    let bytes = std::fs::read(&blob.path).expect("read blob");
-    assert_eq!(blob.path, out.path().join(blob.descriptor.digest.hex()));
+    let bytes = std::fs::read(blob.file().expect("layer file")).expect("read blob");
+    assert_eq!(
+        blob.file(),
+        Some(out.path().join(blob.descriptor.digest.hex()).as_path())
+    );
     assert_eq!(Digest::of(&bytes), blob.descriptor.digest);
     assert_eq!(bytes.len() as u64, blob.descriptor.size);
     let tar = gunzip(&bytes);
@@ -119,7 +122,7 @@ fn digests_are_of_the_compressed_and_uncompressed_bytes_and_name_the_file() {
 #[test]
 fn gzip_header_has_no_name_no_mtime_and_a_fixed_os_byte() {
     let (blob, _out) = build(&small_tree(), &LayerOptions::default());
-    let bytes = std::fs::read(&blob.path).expect("read blob");
+    let bytes = std::fs::read(blob.file().expect("layer file")).expect("read blob");
     // ID1 ID2 CM=deflate FLG=0 (no name, no comment) MTIME=0 XFL=0 OS=255 (unknown)
     assert_eq!(bytes[..10], [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
 }
@@ -131,7 +134,7 @@ fn entries_are_sorted_under_the_destination_with_its_parents_first() {
         ..LayerOptions::default()
     };
     let (blob, _out) = build(&small_tree(), &opts);
-    let tar = gunzip(&std::fs::read(&blob.path).expect("read"));
+    let tar = gunzip(&std::fs::read(blob.file().expect("layer file")).expect("read"));
     let paths: Vec<String> = list(&tar).into_iter().map(|e| e.0).collect();
     let long = "n".repeat(120);
     assert_eq!(
@@ -157,7 +160,7 @@ fn every_entry_has_root_owner_the_epoch_mtime_and_a_normalised_mode() {
         ..LayerOptions::default()
     };
     let (blob, _out) = build(&small_tree(), &opts);
-    let tar = gunzip(&std::fs::read(&blob.path).expect("read"));
+    let tar = gunzip(&std::fs::read(blob.file().expect("layer file")).expect("read"));
     for (path, mode, mtime, uid, gid, _) in list(&tar) {
         assert_eq!((mtime, uid, gid), (1_234_567_890, 0, 0), "{path}");
         let expected = if path.ends_with('/') || path == "bin/run" {
@@ -172,7 +175,7 @@ fn every_entry_has_root_owner_the_epoch_mtime_and_a_normalised_mode() {
 #[test]
 fn without_source_date_epoch_every_mtime_is_zero() {
     let (blob, _out) = build(&small_tree(), &LayerOptions::default());
-    let tar = gunzip(&std::fs::read(&blob.path).expect("read"));
+    let tar = gunzip(&std::fs::read(blob.file().expect("layer file")).expect("read"));
     assert!(list(&tar).iter().all(|e| e.2 == 0));
 }
 
@@ -186,7 +189,7 @@ fn a_layer_larger_than_a_block_is_several_gzip_members_that_decode_as_one() {
         .collect();
     let tree = tree(vec![item("text", &text, None)]);
     let (blob, _out) = build(&tree, &LayerOptions::default());
-    let bytes = std::fs::read(&blob.path).expect("read");
+    let bytes = std::fs::read(blob.file().expect("layer file")).expect("read");
     let mut first_member = Vec::new();
     flate2::read::GzDecoder::new(&bytes[..])
         .read_to_end(&mut first_member)
@@ -206,7 +209,7 @@ fn incompressible_data_costs_almost_nothing_extra() {
         overhead < 1.001,
         "stored blocks grew the data by {overhead}"
     );
-    let tar = gunzip(&std::fs::read(&blob.path).expect("read"));
+    let tar = gunzip(&std::fs::read(blob.file().expect("layer file")).expect("read"));
     assert_eq!(Digest::of(&tar), blob.diff_id);
 }
 
@@ -217,7 +220,7 @@ fn zstd_layers_decode_and_say_so_in_their_media_type() {
         ..LayerOptions::default()
     };
     let (blob, _out) = build(&small_tree(), &opts);
-    let bytes = std::fs::read(&blob.path).expect("read");
+    let bytes = std::fs::read(blob.file().expect("layer file")).expect("read");
     let tar = zstd::stream::decode_all(&bytes[..]).expect("zstd");
     assert_eq!(Digest::of(&tar), blob.diff_id);
     assert_eq!(blob.descriptor.media_type, oci::MEDIA_TYPE_LAYER_ZSTD);
@@ -226,7 +229,7 @@ fn zstd_layers_decode_and_say_so_in_their_media_type() {
 #[test]
 fn an_empty_tree_gives_a_valid_empty_tar() {
     let (blob, _out) = build(&tree(vec![]), &LayerOptions::default());
-    let tar = gunzip(&std::fs::read(&blob.path).expect("read"));
+    let tar = gunzip(&std::fs::read(blob.file().expect("layer file")).expect("read"));
     assert_eq!(tar, vec![0u8; 1024]);
 }
 
@@ -291,7 +294,7 @@ fn files_on_disk_are_streamed_into_the_layer() {
     std::fs::write(dir.path().join("data.bin"), &content).expect("write");
     let tree = FileTree::from_dir(dir.path(), &ContextOptions::default()).expect("walk");
     let (blob, _out) = build(&tree, &LayerOptions::default());
-    let tar = gunzip(&std::fs::read(&blob.path).expect("read"));
+    let tar = gunzip(&std::fs::read(blob.file().expect("layer file")).expect("read"));
     let mut archive = tar::Archive::new(&tar[..]);
     let mut entry = archive
         .entries()

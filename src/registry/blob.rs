@@ -37,6 +37,17 @@ pub struct PushedBlob {
     pub uploaded_bytes: u64,
 }
 
+/// A layer skipped because the target held it when the build started, gone by the push.
+pub(crate) fn vanished_from_target(repository: &str, blob: &Blob) -> RegistryError {
+    RegistryError::MissingBlobSource {
+        repository: repository.to_owned(),
+        digest: blob.descriptor.digest.clone(),
+        detail: "the repository held this layer when the build started but no longer does; \
+                 build again"
+            .to_owned(),
+    }
+}
+
 /// Size of the pieces a request body is streamed in.
 const STREAM_CHUNK: usize = 256 * 1024;
 
@@ -168,6 +179,7 @@ impl RegistryClient {
                     detail: "it is a base-image layer with no local copy; mount or copy it from the base repository".to_owned(),
                 });
             }
+            BlobLocation::Target => return Err(vanished_from_target(repository, blob)),
         };
         self.upload(repository, &blob.descriptor, source, progress, None)
             .await

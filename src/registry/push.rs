@@ -113,6 +113,7 @@ async fn push_one(
         return Ok(BlobOutcome::Skipped);
     }
     match &blob.location {
+        BlobLocation::Target => Err(super::blob::vanished_from_target(repository, blob)),
         BlobLocation::File(_) | BlobLocation::Bytes(_) => {
             let pushed = client.push_blob(repository, blob, progress).await?;
             Ok(BlobOutcome::Uploaded(pushed.uploaded_bytes))
