@@ -89,6 +89,8 @@ pub struct BuildJob {
 pub struct Prepared {
     pub image: BuiltImage,
     base_client: Option<RegistryClient>,
+    /// The target's client, when the build already talked to it (its token is reused).
+    target_client: Option<RegistryClient>,
 }
 
 /// What a push left in the registry.
@@ -148,7 +150,15 @@ pub async fn build_image(job: &BuildJob) -> Result<Prepared, BuildError> {
         Ok::<_, ContextError>((tree, key))
     })
     .await?;
-    let layer = match cached_layer(job, key.as_ref()).await? {
+    let target_client = match key {
+        Some(_) => Some(job.target.client()?),
+        None => None,
+    };
+    let cached = match (&target_client, key.as_ref()) {
+        (Some(client), Some(key)) => cached_layer(job, client, key).await?,
+        _ => None,
+    };
+    let layer = match cached {
         Some(layer) => layer,
         None => {
             let out_dir = job.work_dir.clone();
@@ -166,23 +176,24 @@ pub async fn build_image(job: &BuildJob) -> Result<Prepared, BuildError> {
         &layer,
         &image_spec(spec, job.source_date_epoch),
     )?;
-    Ok(Prepared { image, base_client })
+    Ok(Prepared {
+        image,
+        base_client,
+        target_client,
+    })
 }
 
 /// The layer recorded in the job's cache for this tree, when the target repository still
 /// holds it.
 async fn cached_layer(
     job: &BuildJob,
-    key: Option<&Digest>,
+    client: &RegistryClient,
+    key: &Digest,
 ) -> Result<Option<LayerBlob>, BuildError> {
-    let (Some(cache), Some(key)) = (&job.layer_cache, key) else {
-        return Ok(None);
-    };
-    let Some(found) = cache.get(key) else {
+    let Some(found) = job.layer_cache.as_ref().and_then(|cache| cache.get(key)) else {
         return Ok(None);
     };
     let repository = RepositoryRef::parse(&job.spec.image)?;
-    let client = job.target.client()?;
     if !client
         .blob_exists(&repository.repository, &found.descriptor.digest)
         .await?
@@ -215,7 +226,10 @@ pub async fn push_image(
     progress: Arc<dyn Progress>,
 ) -> Result<Pushed, BuildError> {
     let repository = RepositoryRef::parse(&job.spec.image)?;
-    let client = job.target.client()?;
+    let client = match &prepared.target_client {
+        Some(client) => client.clone(),
+        None => job.target.client()?,
+    };
     let base_client = prepared
         .base_client
         .as_ref()
