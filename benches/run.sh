@@ -158,7 +158,7 @@ ib_push() { # NAME CONTEXT IMAGE
   timed "$1" "$imagebuild" build -f "$work/$1.yaml" --context "$2" --push \
     --ca-file "$IMAGEBUILD_TEST_GITEA_CA" --username "$IMAGEBUILD_TEST_GITEA_USER" \
     --password-stdin <<<"$IMAGEBUILD_TEST_GITEA_PASSWORD"
-  uploaded=$(grep -o '([0-9]* bytes uploaded)' "$results/$1.err" | tr -dc 0-9)
+  uploaded=$(grep -o '([0-9]* bytes uploaded' "$results/$1.err" | tr -dc 0-9)
   compressed=$(layer_size "$3:latest")
 }
 

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::api::ImageBuildSpec;
 use crate::context::{ContextError, ContextItem, ContextOptions, FileTree};
@@ -83,7 +84,17 @@ pub struct BuildJob {
     /// repository still holds it, the layer is not built again. Only for pushes (a layout
     /// needs the bytes).
     pub layer_cache: Option<LayerCache>,
+    /// Upload the layer to the target while it is written (the image will be pushed). Only
+    /// for contexts of [`UPLOAD_WHILE_BUILDING_FROM`] bytes or more.
+    pub upload_while_building: bool,
 }
+
+/// Contexts from this size on go up while their layer is written; below it the upload after
+/// the build is short, and a layer the registry already has is not sent again.
+pub const UPLOAD_WHILE_BUILDING_FROM: u64 = 32 << 20;
+
+/// How many compressed segments may wait for the upload (each about `layer::SEGMENT_SIZE`).
+const UPLOAD_QUEUE: usize = 4;
 
 /// A built image, not yet pushed, with the clients that fetched its base.
 pub struct Prepared {
@@ -91,6 +102,8 @@ pub struct Prepared {
     base_client: Option<RegistryClient>,
     /// The target's client, when the build already talked to it (its token is reused).
     target_client: Option<RegistryClient>,
+    /// Blob bytes already sent to the target while the layer was written.
+    uploaded_while_building: u64,
 }
 
 /// What a push left in the registry.
@@ -101,7 +114,10 @@ pub struct Pushed {
     pub tags: Vec<String>,
     pub base_digest: Option<Digest>,
     pub size: u64,
+    /// Blob bytes sent, including those sent while the layer was written.
     pub bytes_uploaded: u64,
+    /// Of `bytes_uploaded`, those sent while the layer was written.
+    pub uploaded_while_building: u64,
 }
 
 /// Fetches the base image (if any), builds the layer off the async runtime, and assembles the
@@ -150,21 +166,21 @@ pub async fn build_image(job: &BuildJob) -> Result<Prepared, BuildError> {
         Ok::<_, ContextError>((tree, key))
     })
     .await?;
-    let target_client = match key {
-        Some(_) => Some(job.target.client()?),
-        None => None,
+    let target_client = match (&key, job.upload_while_building) {
+        (None, false) => None,
+        _ => Some(job.target.client()?),
     };
     let cached = match (&target_client, key.as_ref()) {
         (Some(client), Some(key)) => cached_layer(job, client, key).await?,
         _ => None,
     };
+    let mut uploaded_while_building = 0;
     let layer = match cached {
         Some(layer) => layer,
         None => {
-            let out_dir = job.work_dir.clone();
-            let layer =
-                blocking(move || crate::layer::build_layer(&tree, &layer_options, &out_dir))
-                    .await?;
+            let uploader = target_client.as_ref().filter(|_| job.upload_while_building);
+            let (layer, sent) = write_layer(job, uploader, tree, layer_options).await?;
+            uploaded_while_building = sent;
             if let (Some(cache), Some(key)) = (&job.layer_cache, key) {
                 cache.put(&key, &layer);
             }
@@ -180,7 +196,47 @@ pub async fn build_image(job: &BuildJob) -> Result<Prepared, BuildError> {
         image,
         base_client,
         target_client,
+        uploaded_while_building,
     })
+}
+
+/// Writes the layer, uploading it to the target meanwhile when `client` is given and the
+/// context is large enough; returns it with the bytes sent on the way. Should that upload
+/// fail, the push uploads the finished file as usual (with retries).
+async fn write_layer(
+    job: &BuildJob,
+    client: Option<&RegistryClient>,
+    tree: FileTree,
+    options: LayerOptions,
+) -> Result<(LayerBlob, u64), BuildError> {
+    let out_dir = job.work_dir.clone();
+    let Some(client) = client.filter(|_| tree.total_bytes() >= UPLOAD_WHILE_BUILDING_FROM) else {
+        let layer = blocking(move || crate::layer::build_layer(&tree, &options, &out_dir)).await?;
+        return Ok((layer, 0));
+    };
+    let repository = RepositoryRef::parse(&job.spec.image)?.repository;
+    let (copy, segments) = tokio::sync::mpsc::channel(UPLOAD_QUEUE);
+    let sent = Arc::new(AtomicU64::new(0));
+    let (layer, upload) = tokio::join!(
+        blocking(move || crate::layer::build_layer_with_copy(&tree, &options, &out_dir, copy)),
+        client.upload_segments(&repository, segments, sent.clone()),
+    );
+    let finished = match (&layer, upload) {
+        (Ok(layer), Ok(upload)) => {
+            client
+                .finish_streamed(&repository, upload, &layer.descriptor)
+                .await
+        }
+        (Err(_), Ok(upload)) => {
+            client.cancel_streamed(&repository, upload).await;
+            Ok(())
+        }
+        (_, Err(error)) => Err(error),
+    };
+    if let Err(error) = finished {
+        tracing::debug!(%error, "the upload while building failed; the finished layer goes up from its file");
+    }
+    Ok((layer?, sent.load(Ordering::Relaxed)))
 }
 
 /// The layer recorded in the job's cache for this tree, when the target repository still
@@ -253,7 +309,8 @@ pub async fn push_image(
             .as_ref()
             .map(|b| b.manifest_digest.clone()),
         size: prepared.image.size(),
-        bytes_uploaded: report.bytes_uploaded,
+        bytes_uploaded: report.bytes_uploaded + prepared.uploaded_while_building,
+        uploaded_while_building: prepared.uploaded_while_building,
     })
 }
 

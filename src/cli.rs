@@ -332,6 +332,7 @@ pub async fn build(request: BuildRequest, flags: &RegistryFlags) -> Result<(), F
         max_context_bytes: None,
         source_date_epoch: source_date_epoch()?,
         // A layout needs the layer's bytes, so only a push alone may skip building it.
+        upload_while_building: request.push,
         layer_cache: (request.cache && request.push && request.output.is_none())
             .then(LayerCache::user_default)
             .flatten(),
@@ -361,8 +362,12 @@ pub async fn build(request: BuildRequest, flags: &RegistryFlags) -> Result<(), F
         }
         let pushed = crate::build::push_image(&job, prepared, progress()).await?;
         finish_progress();
+        let overlap = match pushed.uploaded_while_building {
+            0 => String::new(),
+            n => format!(", {n} of them while the layer was written"),
+        };
         eprintln!(
-            "imagebuild: pushed {} as {} ({} bytes uploaded)",
+            "imagebuild: pushed {} as {} ({} bytes uploaded{overlap})",
             job.spec.image,
             pushed.tags.join(", "),
             pushed.bytes_uploaded

@@ -23,7 +23,7 @@ use crate::context::{Content, EntryKind, FileTree};
 use crate::oci::{self, BlobLocation, Descriptor, Digest};
 use tar_header::HeaderKind;
 
-pub use blocks::BLOCK_SIZE;
+pub use blocks::{BLOCK_SIZE, SEGMENT_SIZE};
 pub use cache::{CachedLayer, LayerCache};
 
 /// The gzip level used unless one is asked for (libdeflate's scale, 0–12). Chosen with
@@ -188,6 +188,27 @@ pub fn build_layer(
     opts: &LayerOptions,
     out_dir: &Path,
 ) -> Result<LayerBlob, LayerError> {
+    write_layer(tree, opts, out_dir, None)
+}
+
+/// [`build_layer`], also sending the compressed bytes to `copy` in segments of at least
+/// [`SEGMENT_SIZE`] as they are written (for an upload that runs meanwhile). Should the
+/// receiver go away, the layer is still written whole.
+pub fn build_layer_with_copy(
+    tree: &FileTree,
+    opts: &LayerOptions,
+    out_dir: &Path,
+    copy: tokio::sync::mpsc::Sender<bytes::Bytes>,
+) -> Result<LayerBlob, LayerError> {
+    write_layer(tree, opts, out_dir, Some(blocks::Tee::new(copy)))
+}
+
+fn write_layer(
+    tree: &FileTree,
+    opts: &LayerOptions,
+    out_dir: &Path,
+    tee: Option<blocks::Tee>,
+) -> Result<LayerBlob, LayerError> {
     let started = Instant::now();
     let destination = destination_dirs(&opts.destination_path)?;
     let mtime = mtime(opts.source_date_epoch)?;
@@ -208,7 +229,7 @@ pub fn build_layer(
         n => n,
     };
     let mut tar_time = Duration::ZERO;
-    let output = blocks::run(opts.compression, threads, temp.as_file_mut(), |sink| {
+    let output = blocks::run(opts.compression, threads, temp.as_file_mut(), tee, |sink| {
         let tar_started = Instant::now();
         let result = TarWriter { sink, mtime }.write(tree, &destination);
         tar_time = tar_started.elapsed();

@@ -411,6 +411,62 @@ fn pushing_an_unchanged_directory_again_builds_nothing_unless_the_registry_lost_
     );
 }
 
+/// A large context goes up while its layer is written, and the registry serves exactly the
+/// image a layout build describes.
+fn large_context_uploads_while_building(target: Target) {
+    let env = common::env();
+    let work = tempfile::tempdir().expect("tempdir");
+    let context = work.path().join("ctx");
+    std::fs::create_dir_all(&context).expect("dir");
+    // Incompressible and over the threshold, so the layer is about the file's size.
+    let mut data = vec![0u8; 40 << 20];
+    fastrand::Rng::with_seed(7).fill(&mut data);
+    std::fs::write(context.join("media.bin"), &data).expect("write");
+    let image = target.repo(&common::unique_name("streamed"));
+    let file = image_build_file(work.path(), &image, "");
+
+    let (image_ref, log) = push_context(&target, &file, &context);
+    let layout = work.path().join("layout");
+    let built = stdout_ok(&run(
+        &[
+            "build",
+            "-f",
+            file.to_str().expect("utf8"),
+            "--context",
+            context.to_str().expect("utf8"),
+            "--output",
+            layout.to_str().expect("utf8"),
+        ],
+        "",
+    ));
+    assert_eq!(
+        digest_part(&image_ref),
+        built,
+        "same image as the layout build"
+    );
+    assert_eq!(target.served_digest(env, &format!("{image}:latest")), built);
+    let uploaded: u64 = log
+        .split_once('(')
+        .and_then(|(_, rest)| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {log}"));
+    assert!(log.contains("while the layer was written"), "{log}");
+    assert!(
+        uploaded < data.len() as u64 + (1 << 20),
+        "the layer went up once, not again after the build: {log}"
+    );
+}
+
+#[test]
+fn a_large_context_goes_up_to_gitea_while_its_layer_is_written() {
+    large_context_uploads_while_building(gitea(common::env()));
+}
+
+#[test]
+fn a_large_context_goes_up_to_the_distribution_registry_while_its_layer_is_written() {
+    large_context_uploads_while_building(distribution(common::env()));
+}
+
 /// The digest of `host/repo@digest`.
 fn digest_part(image_ref: &str) -> &str {
     image_ref.rsplit_once('@').map_or(image_ref, |(_, d)| d)

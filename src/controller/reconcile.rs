@@ -224,6 +224,7 @@ async fn build_and_push(
         // Contexts arrive as ConfigMap data or a fresh upload: the context digest already
         // short-circuits unchanged builds.
         layer_cache: None,
+        upload_while_building: true,
     };
     let (api, ib) = (api.clone(), ib.clone());
     let mut pushing = building.clone();

@@ -20,6 +20,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use libdeflater::{CompressionLvl, Compressor};
 
 use super::{Compression, LayerError};
@@ -46,12 +47,61 @@ pub struct Output {
     pub stalled: Duration,
 }
 
+/// Bytes per segment of the compressed copy handed to a [`Tee`]'s receiver.
+pub const SEGMENT_SIZE: usize = 1 << 20;
+
+/// A copy of the compressed blob, in segments of at least [`SEGMENT_SIZE`] bytes (the last one
+/// shorter), for an upload that runs while the layer is written. When the receiver goes away
+/// the copy stops; the blob file is written regardless. A full channel makes the writer wait,
+/// so memory stays bounded by the channel's capacity.
+pub struct Tee {
+    sender: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    pending: BytesMut,
+}
+
+impl Tee {
+    pub fn new(sender: tokio::sync::mpsc::Sender<Bytes>) -> Self {
+        Self {
+            sender: Some(sender),
+            pending: BytesMut::new(),
+        }
+    }
+
+    fn copy(&mut self, bytes: &[u8]) {
+        if self.sender.is_none() {
+            return;
+        }
+        self.pending.extend_from_slice(bytes);
+        if self.pending.len() >= SEGMENT_SIZE {
+            self.send();
+        }
+    }
+
+    fn finish(mut self) {
+        if !self.pending.is_empty() {
+            self.send();
+        }
+    }
+
+    /// Runs on the writer thread, never inside the async runtime: `blocking_send` may wait.
+    fn send(&mut self) {
+        let segment = self.pending.split().freeze();
+        if let Some(sender) = &self.sender
+            && sender.blocking_send(segment).is_err()
+        {
+            self.sender = None;
+            self.pending = BytesMut::new();
+        }
+    }
+}
+
 /// Runs `produce` (which writes the tar stream into a [`Sink`]) with `workers` compression
-/// threads, writing the compressed blob to `out`.
+/// threads, writing the compressed blob to `out` (and a copy to `tee`, if any).
 pub fn run<F>(
     compression: Compression,
     workers: usize,
     out: &mut File,
+    tee: Option<Tee>,
     produce: F,
 ) -> Result<Output, LayerError>
 where
@@ -76,7 +126,7 @@ where
             })
             .collect();
         drop(done_tx);
-        let writer = scope.spawn(move || write_blocks(done_rx, free_tx, out));
+        let writer = scope.spawn(move || write_blocks(done_rx, free_tx, out, tee));
 
         let mut sink = Sink::new(free_rx, work_tx);
         let produced = produce(&mut sink).and_then(|()| sink.flush());
@@ -316,6 +366,7 @@ fn write_blocks(
     done: Receiver<Result<Slot, LayerError>>,
     free: Sender<Slot>,
     out: &mut File,
+    mut tee: Option<Tee>,
 ) -> Result<Written, LayerError> {
     let mut pending = BTreeMap::new();
     let mut next = 0u64;
@@ -331,11 +382,17 @@ fn write_blocks(
             hash += started.elapsed();
             out.write_all(&slot.compressed)
                 .map_err(|source| LayerError::Write { source })?;
+            if let Some(tee) = tee.as_mut() {
+                tee.copy(&slot.compressed);
+            }
             written += slot.compressed.len() as u64;
             next += 1;
             // The producer may have finished; then nobody needs the buffer back.
             let _ = free.send(slot);
         }
+    }
+    if let Some(tee) = tee {
+        tee.finish();
     }
     Ok(Written {
         digest: digest.finish(),

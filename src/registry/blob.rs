@@ -277,7 +277,7 @@ impl RegistryClient {
     }
 
     /// Best effort: an abandoned session only costs the registry a little until it expires.
-    async fn cancel_upload(&self, repository: &str, session: Url) {
+    pub(crate) async fn cancel_upload(&self, repository: &str, session: Url) {
         let call = Call::new(
             Method::DELETE,
             session,
@@ -468,7 +468,7 @@ impl RegistryClient {
         self.expect_created(&call).await
     }
 
-    async fn expect_created(&self, call: &Call<'_>) -> Result<(), RegistryError> {
+    pub(crate) async fn expect_created(&self, call: &Call<'_>) -> Result<(), RegistryError> {
         let response = self.send_once(call).await?;
         if response.status().is_success() {
             Ok(())
@@ -639,7 +639,7 @@ fn upload_call<'a>(
 }
 
 /// Adds `digest=` to an upload URL, keeping any query it already has (distribution's `_state`).
-fn with_digest(mut url: Url, digest: &Digest) -> Url {
+pub(crate) fn with_digest(mut url: Url, digest: &Digest) -> Url {
     url.query_pairs_mut().append_pair("digest", digest.as_str());
     url
 }

@@ -680,6 +680,14 @@ impl<'a> Call<'a> {
         self.body = CallBody::Stream(Mutex::new(Some(body)));
         self
     }
+
+    /// Blob data still being produced, at most `at_most` bytes: sent without a length (as
+    /// HTTP/1.1 chunks or HTTP/2 frames); can be sent once.
+    pub fn octets_of_unknown_length(mut self, body: reqwest::Body, at_most: u64) -> Self {
+        self.timeout = CallTimeout::Upload(at_most);
+        self.body = CallBody::Stream(Mutex::new(Some(body)));
+        self
+    }
 }
 
 /// How long a [`Call`] may take.

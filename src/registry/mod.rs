@@ -13,6 +13,7 @@ mod manifest;
 pub mod pull;
 pub mod push;
 mod retry;
+mod streamed;
 mod tls;
 
 #[cfg(test)]
@@ -31,6 +32,7 @@ pub use manifest::FetchedManifest;
 pub use pull::fetch_base;
 pub use push::{PushReport, push_image};
 pub use retry::RetryPolicy;
+pub use streamed::StreamedUpload;
 pub use tls::TrustConfig;
 
 /// Largest request body sent in one request by default. Larger blobs are uploaded in chunks of

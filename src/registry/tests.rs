@@ -509,9 +509,11 @@ impl FakeRegistry {
                 let Some(data) = self.sessions.get_mut(&id) else {
                     return Reply::status(404);
                 };
-                let range = r.header("content-range").unwrap_or_default();
+                // A streamed PATCH (length unknown when it started) has no range to check.
                 let expected = format!("{}-{}", data.len(), data.len() + r.body.len() - 1);
-                if range != expected {
+                if r.header("content-range")
+                    .is_some_and(|range| range != expected)
+                {
                     return Reply::status(416);
                 }
                 data.extend_from_slice(&r.body);
@@ -622,6 +624,113 @@ async fn large_blobs_go_up_in_chunks_with_bare_content_ranges() {
         state.lock().expect("lock").blobs[blob.descriptor.digest.as_str()],
         content
     );
+}
+
+/// Sends `segments` through a channel to [`RegistryClient::upload_segments`] and closes the
+/// upload as `descriptor`.
+async fn stream_upload(
+    client: &RegistryClient,
+    segments: &[&[u8]],
+    descriptor: &Descriptor,
+) -> Result<u64, RegistryError> {
+    let (tx, rx) = tokio::sync::mpsc::channel(segments.len().max(1));
+    for segment in segments {
+        tx.send(Bytes::copy_from_slice(segment))
+            .await
+            .expect("queue");
+    }
+    drop(tx);
+    let sent = Arc::new(AtomicU64::new(0));
+    let upload = client.upload_segments("o/app", rx, sent.clone()).await?;
+    client.finish_streamed("o/app", upload, descriptor).await?;
+    Ok(sent.load(Ordering::SeqCst))
+}
+
+#[tokio::test]
+async fn a_streamed_upload_sends_segments_as_they_come_and_closes_with_the_digest() {
+    let (server, state) = fake_registry(FakeRegistry::default()).await;
+    let client = client_for(&server, None);
+    let content: Vec<u8> = (0u8..30).collect();
+    let descriptor = file_blob(tempfile::tempdir().expect("dir").path(), &content).descriptor;
+    let sent = stream_upload(
+        &client,
+        &[&content[..12], &content[12..13], &content[13..]],
+        &descriptor,
+    )
+    .await
+    .expect("uploaded");
+    assert_eq!(sent, 30);
+    let patches: Vec<Recorded> = server
+        .recorded()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .collect();
+    assert_eq!(patches.len(), 1, "one request for a blob under the limit");
+    assert_eq!(
+        patches[0].header("content-length"),
+        None,
+        "length unknown up front"
+    );
+    assert_eq!(
+        state.lock().expect("lock").blobs[descriptor.digest.as_str()],
+        content
+    );
+}
+
+#[tokio::test]
+async fn a_streamed_upload_splits_its_requests_at_the_request_size_limit() {
+    let (server, state) = fake_registry(FakeRegistry::default()).await;
+    let mut config = config_for(&server);
+    config.max_request_body = 10;
+    let client = RegistryClient::new(config).expect("client");
+    let content: Vec<u8> = (0u8..25).collect();
+    let descriptor = file_blob(tempfile::tempdir().expect("dir").path(), &content).descriptor;
+    stream_upload(&client, &[&content[..7], &content[7..]], &descriptor)
+        .await
+        .expect("uploaded");
+    let bodies: Vec<usize> = server
+        .recorded()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| r.body.len())
+        .collect();
+    assert_eq!(bodies, [10, 10, 5]);
+    assert_eq!(
+        state.lock().expect("lock").blobs[descriptor.digest.as_str()],
+        content
+    );
+}
+
+#[tokio::test]
+async fn a_streamed_upload_that_cannot_start_lets_go_of_its_producer() {
+    let server = TestServer::http(script(vec![Reply::status(500)])).await;
+    let client = client_for(&server, None);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(Bytes::from_static(b"first")).await.expect("queue");
+    let sent = Arc::new(AtomicU64::new(0));
+    let error = client
+        .upload_segments("o/app", rx, sent)
+        .await
+        .expect_err("the registry cannot take uploads");
+    assert!(
+        matches!(error, RegistryError::RegistryUnavailable { .. }),
+        "{error:?}"
+    );
+    assert!(tx.is_closed(), "the producer is told to stop copying");
+}
+
+#[tokio::test]
+async fn a_streamed_upload_of_the_wrong_size_is_not_closed() {
+    let (server, state) = fake_registry(FakeRegistry::default()).await;
+    let client = client_for(&server, None);
+    let content = b"twelve bytes";
+    let mut descriptor = file_blob(tempfile::tempdir().expect("dir").path(), content).descriptor;
+    descriptor.size += 1;
+    let error = stream_upload(&client, &[content], &descriptor)
+        .await
+        .expect_err("size mismatch");
+    assert!(error.to_string().contains("12 bytes"), "{error}");
+    assert!(state.lock().expect("lock").blobs.is_empty());
 }
 
 #[tokio::test]
