@@ -119,8 +119,8 @@ impl TlsTraps {
                 &env.gitea,
                 &ca,
                 CertSpec {
-                    names: vec!["localhost".into()],
                     expired: true,
+                    ..CertSpec::for_names(&["localhost"])
                 },
                 plan(),
             ),

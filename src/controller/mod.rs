@@ -2,6 +2,7 @@
 //! they reference; runs reconciles under a Lease when leader election is on; serves health,
 //! readiness and metrics.
 
+pub mod backoff;
 pub mod config;
 pub mod error;
 pub mod inputs;
@@ -171,7 +172,8 @@ async fn controller(
         .with_config(
             kube::runtime::controller::Config::default()
                 .concurrency(concurrency.saturating_mul(2).max(2)),
-        );
+        )
+        .trigger_backoff(backoff::WatchBackoff::default());
     let store = controller.store();
     let ready_store = store.clone();
     tokio::spawn(async move {

@@ -53,7 +53,35 @@ pub async fn reconcile(ib: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action,
     if let Some(action) = wait_or_skip(&ib, &inputs.context_digest) {
         return Ok(action);
     }
-    build(&ib, &api, &ctx, inputs).await
+    // The cache can lag behind this controller's own last status write: a reconcile queued by
+    // an earlier write of a build starts the moment that build ends, before the watch has
+    // delivered its final status. Deciding on the cache would build a finished generation again
+    // and write its final status twice; the API server's copy settles it.
+    let current = api.get(&ib.name_any()).await?;
+    match recheck(&ib, &current, &inputs.context_digest) {
+        Recheck::Skip(action) => Ok(action),
+        Recheck::Build => build(&current, &api, &ctx, inputs).await,
+    }
+}
+
+/// What to do, on the API server's current copy of an ImageBuild, about a build its cached copy
+/// calls for.
+#[derive(Debug, PartialEq, Eq)]
+enum Recheck {
+    Build,
+    Skip(Action),
+}
+
+fn recheck(cached: &ImageBuild, current: &ImageBuild, context_digest: &str) -> Recheck {
+    if current.metadata.generation != cached.metadata.generation {
+        // The inputs were resolved for an older spec; the watch brings the new one (and a
+        // reconcile with it) shortly.
+        return Recheck::Skip(Action::requeue(Duration::from_secs(1)));
+    }
+    match wait_or_skip(current, context_digest) {
+        Some(action) => Recheck::Skip(action),
+        None => Recheck::Build,
+    }
 }
 
 /// `Some` when no build is due: inputs unchanged since success, or since a failure that needs a
@@ -391,6 +419,46 @@ pub fn error_policy(_ib: Arc<ImageBuild>, error: &Error, _ctx: Arc<Context>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn image_build(generation: i64, status: serde_json::Value) -> ImageBuild {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "imagebuild.dev/v1alpha1",
+            "kind": "ImageBuild",
+            "metadata": {"name": "app", "namespace": "default", "generation": generation},
+            "spec": {"context": {"configMaps": [{"name": "src"}]}, "image": "registry.test/o/app"},
+            "status": status,
+        }))
+        .expect("ImageBuild")
+    }
+
+    #[test]
+    fn a_build_the_cache_calls_for_is_skipped_when_the_api_server_has_it_succeeded() {
+        let pushing = serde_json::json!({"phase": "Pushing", "observedGeneration": 1, "contextDigest": "sha256:c"});
+        let succeeded = serde_json::json!({"phase": "Succeeded", "observedGeneration": 1, "contextDigest": "sha256:c"});
+        let cached = image_build(1, pushing.clone());
+        assert_eq!(
+            recheck(&cached, &image_build(1, succeeded), "sha256:c"),
+            Recheck::Skip(Action::requeue(RESYNC))
+        );
+        assert_eq!(
+            recheck(&cached, &image_build(1, pushing), "sha256:c"),
+            Recheck::Build
+        );
+    }
+
+    #[test]
+    fn a_build_for_a_spec_the_api_server_has_replaced_waits_for_the_new_spec() {
+        let pushing = serde_json::json!({"phase": "Pushing", "observedGeneration": 1, "contextDigest": "sha256:c"});
+        let recheck = recheck(
+            &image_build(1, pushing.clone()),
+            &image_build(2, pushing),
+            "sha256:c",
+        );
+        assert_eq!(
+            recheck,
+            Recheck::Skip(Action::requeue(Duration::from_secs(1)))
+        );
+    }
 
     #[test]
     fn backoff_grows_and_is_capped_at_five_minutes() {

@@ -272,3 +272,48 @@ fn check(out: Output, what: &str) -> String {
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Runs `tests/env/restart.sh ARGS` (kill, stop or start components of the environment), for
+/// at most three minutes; returns how long it took, or what it printed when it failed.
+pub fn restart_components(args: &[&str]) -> Result<std::time::Duration, String> {
+    let started = std::time::Instant::now();
+    let out = Command::new("timeout")
+        .arg("180")
+        .arg("bash")
+        .arg(repo_root().join("tests/env/restart.sh"))
+        .args(args)
+        .env("IMAGEBUILD_TESTENV_DIR", state_dir())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running restart.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "restart.sh {} failed ({}):\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(started.elapsed())
+}
+
+/// The pid of a running component of the environment (`etcd`, `apiserver`, `gitea`, ...), from
+/// the pid file up.sh keeps, if that process is still alive.
+pub fn component_pid(name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(state_dir().join("run").join(format!("{name}.pid"))).ok()?;
+    let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+}
+
+/// Starts every stopped component of the environment again when dropped, pass or fail: the test
+/// binaries that run later share it.
+pub struct ComponentsRestored;
+
+impl Drop for ComponentsRestored {
+    fn drop(&mut self) {
+        if let Err(e) = restart_components(&["start"]) {
+            eprintln!("could not restore the test environment: {e}");
+        }
+    }
+}

@@ -82,9 +82,15 @@ port_reserved() {
 choose_port() { # NAME PREFERRED -> prints the chosen port and records it
 	local name="$1" p candidates=()
 	mkdir -p "$state/ports"
-	candidates+=("$2")
 	p="$(saved_port "$name" || true)"
-	[[ -n "$p" ]] && candidates+=("$p")
+	# A component restarted under running clients (restart.sh) must come back where they
+	# expect it, so its last port goes first.
+	if [[ -n "$p" && -n "${IMAGEBUILD_TESTENV_KEEP_PORTS:-}" ]]; then
+		candidates+=("$p" "$2")
+	else
+		candidates+=("$2")
+		[[ -n "$p" ]] && candidates+=("$p")
+	fi
 	for _ in $(seq 200); do candidates+=($((20000 + RANDOM % 12000))); done
 	for p in "${candidates[@]}"; do
 		if ! port_in_use "$p" && ! port_reserved "$p" "$name"; then
@@ -127,7 +133,13 @@ launch() {
 	mkdir -p "$state/run" "$state/logs"
 	printf '\n==== %s start %s\n' "$(date -u +%FT%TZ)" "$name" >>"$state/logs/$name.log"
 	setsid "$exe" "$@" </dev/null >>"$state/logs/$name.log" 2>&1 9>&- &
-	printf '%s\n%s\n' "$!" "$exe" >"$state/run/$name.pid"
+	local pid=$! tries=0
+	printf '%s\n%s\n' "$pid" "$exe" >"$state/run/$name.pid"
+	# Until the forked shell has exec'd the daemon, /proc/PID/exe is not it and pid_of
+	# would call the component dead; wait (briefly) for the exec.
+	while ((tries++ < 100)) && alive "$pid" && ! pid_of "$name" >/dev/null; do
+		sleep 0.02
+	done
 }
 
 # alive PID: the process exists and is not a zombie waiting to be reaped.

@@ -2,8 +2,10 @@
 //! CLI) and Gitea, terminates TLS with its own idpbuilder-style certificate (self-signed, CA:true,
 //! used directly as the server certificate), forwards requests to Gitea over TLS, and injects
 //! faults at a configurable rate: 5xx, 429 with Retry-After, connection resets mid-body, stalls,
-//! truncated responses, and 413 for request bodies over a limit. It stops by itself at its
-//! deadline (and when dropped), so a failing test never leaves it running.
+//! truncated responses, and 413 for request bodies over a limit; it can also slow uploads down to
+//! a given rate, and answer chosen PATCHes with a Kubernetes 409 Conflict when it stands in front
+//! of the API server. It stops by itself at its deadline (and when dropped), so a failing test
+//! never leaves it running.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
@@ -62,6 +64,18 @@ pub struct Plan {
     pub stall: Duration,
     /// The proxy stops by itself after this long.
     pub lifetime: Duration,
+    /// Request bodies are forwarded at no more than this many bytes per second.
+    pub upload_rate: Option<u64>,
+    /// PATCHes answered with a Kubernetes 409 Conflict, the way the API server answers a write
+    /// based on an outdated object; each rule is used once.
+    pub conflict_once_on: Vec<ConflictRule>,
+}
+
+/// Which PATCH gets a 409 Conflict: its path, and a text its body contains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConflictRule {
+    pub path: String,
+    pub body_contains: String,
 }
 
 impl Default for Plan {
@@ -72,6 +86,8 @@ impl Default for Plan {
             max_body: None,
             stall: Duration::from_secs(3),
             lifetime: Duration::from_secs(600),
+            upload_rate: None,
+            conflict_once_on: Vec::new(),
         }
     }
 }
@@ -81,6 +97,9 @@ impl Default for Plan {
 pub struct CertSpec {
     pub names: Vec<String>,
     pub expired: bool,
+    /// Serve a leaf certificate issued by a CA of the proxy's own (what webpki clients such as
+    /// kube's accept) instead of a self-signed CA:true certificate (idpbuilder's kind).
+    pub issued_by_ca: bool,
 }
 
 impl CertSpec {
@@ -88,6 +107,7 @@ impl CertSpec {
         Self {
             names: names.iter().map(|n| n.to_string()).collect(),
             expired: false,
+            issued_by_ca: false,
         }
     }
 }
@@ -97,6 +117,8 @@ impl CertSpec {
 pub struct Stats {
     pub requests: AtomicU64,
     pub too_large: AtomicU64,
+    /// Request body bytes forwarded upstream.
+    pub bytes_up: AtomicU64,
     pub injected: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
@@ -105,9 +127,9 @@ impl Stats {
     pub fn injected(&self) -> std::collections::BTreeMap<String, u64> {
         self.injected.lock().map(|m| m.clone()).unwrap_or_default()
     }
-    fn count(&self, fault: Fault) {
+    fn count(&self, kind: &str) {
         if let Ok(mut m) = self.injected.lock() {
-            *m.entry(format!("{fault:?}")).or_default() += 1;
+            *m.entry(kind.to_owned()).or_default() += 1;
         }
     }
 }
@@ -115,7 +137,7 @@ impl Stats {
 /// A running proxy; stops when dropped or at its deadline.
 pub struct FaultProxy {
     pub addr: SocketAddr,
-    /// The proxy's certificate (PEM): the CA a client must trust to reach it.
+    /// The CA a client must trust to reach the proxy (PEM): its certificate, or its issuer.
     pub cert_pem: String,
     pub stats: Arc<Stats>,
     plan: Arc<Mutex<Plan>>,
@@ -268,10 +290,18 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Result<Response<Body
             "<html><head><title>413 Request Entity Too Large</title></head></html>",
         ));
     }
+    let req = if req.method() == hyper::Method::PATCH && plan_has_conflict_for(shared, &req) {
+        match conflict_or_forwardable(req, shared).await {
+            Ok(answer) => return Ok(answer),
+            Err(req) => req,
+        }
+    } else {
+        req.map(BodyExt::boxed)
+    };
     let fault = (!plan.faults.is_empty() && fastrand::f64() < plan.rate)
         .then(|| plan.faults[fastrand::usize(..plan.faults.len())]);
     if let Some(f) = fault {
-        shared.stats.count(f);
+        shared.stats.count(&format!("{f:?}"));
     }
     match fault {
         Some(Fault::ServiceUnavailable) => {
@@ -288,7 +318,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Result<Response<Body
         _ => {}
     }
     let head = req.method() == hyper::Method::HEAD;
-    let upstream = match forward(req, shared).await {
+    let upstream = match forward(req, shared, plan.upload_rate).await {
         Ok(r) => r,
         Err(e) => return Ok(full(502, &[], &format!("proxy: upstream failed: {e}"))),
     };
@@ -318,9 +348,70 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Result<Response<Body
     }
 }
 
-async fn forward(
+type RequestBody = BoxBody<Bytes, hyper::Error>;
+
+fn plan_has_conflict_for(shared: &Shared, req: &Request<Incoming>) -> bool {
+    shared.plan.lock().is_ok_and(|plan| {
+        plan.conflict_once_on
+            .iter()
+            .any(|rule| rule.path == req.uri().path())
+    })
+}
+
+/// Reads the (small) body of a PATCH; answers 409 when a conflict rule matches it (using the
+/// rule up), else hands the request back, body and all, to be forwarded.
+async fn conflict_or_forwardable(
     req: Request<Incoming>,
     shared: &Shared,
+) -> Result<Response<Body>, Request<RequestBody>> {
+    let (parts, body) = req.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let matched = shared.plan.lock().is_ok_and(|mut plan| {
+        let rules = &mut plan.conflict_once_on;
+        let found = rules
+            .iter()
+            .position(|r| r.path == parts.uri.path() && text.contains(&r.body_contains));
+        found.map(|i| rules.remove(i)).is_some()
+    });
+    if !matched {
+        let body = Full::new(bytes).map_err(|e: Infallible| match e {}).boxed();
+        return Err(Request::from_parts(parts, body));
+    }
+    shared.stats.count("Conflict");
+    Ok(conflict(parts.uri.path()))
+}
+
+/// The API server's answer to a write that lost a race: 409 with a `Status` of reason Conflict.
+fn conflict(path: &str) -> Response<Body> {
+    let name = path
+        .trim_end_matches("/status")
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let status = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": format!("Operation cannot be fulfilled on imagebuilds.imagebuild.dev \"{name}\": the object has been modified; please apply your changes to the latest version and try again"),
+        "reason": "Conflict",
+        "details": {"name": name, "group": "imagebuild.dev", "kind": "imagebuilds"},
+        "code": 409,
+    });
+    full(
+        409,
+        &[("Content-Type", "application/json")],
+        &status.to_string(),
+    )
+}
+
+async fn forward(
+    req: Request<RequestBody>,
+    shared: &Shared,
+    upload_rate: Option<u64>,
 ) -> Result<Response<Body>, reqwest::Error> {
     let (parts, body) = req.into_parts();
     let path = parts
@@ -335,10 +426,24 @@ async fn forward(
             request = request.header(name, value);
         }
     }
-    let stream = BodyStream::new(body).filter_map(|frame| async move {
-        match frame {
-            Ok(f) => f.into_data().ok().map(Ok::<_, hyper::Error>),
-            Err(e) => Some(Err(e)),
+    let stats = shared.stats.clone();
+    let stream = BodyStream::new(body).filter_map(move |frame| {
+        let stats = stats.clone();
+        async move {
+            match frame {
+                Ok(f) => {
+                    let data = f.into_data().ok()?;
+                    if let Some(rate) = upload_rate.filter(|r| *r > 0) {
+                        let secs = data.len() as f64 / rate as f64;
+                        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                    }
+                    stats
+                        .bytes_up
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    Some(Ok::<_, hyper::Error>(data))
+                }
+                Err(e) => Some(Err(e)),
+            }
         }
     });
     let response = request
@@ -367,24 +472,38 @@ async fn forward(
 fn server_tls(spec: &CertSpec) -> (String, rustls::ServerConfig) {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
     let mut params = CertificateParams::new(spec.names.clone()).expect("params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    if spec.expired {
-        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = if spec.expired {
+        rcgen::date_time_ymd(2021, 1, 1)
     } else {
-        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2099, 1, 1);
-    }
-    let cert = params.self_signed(&key).expect("self-signed");
+        rcgen::date_time_ymd(2099, 1, 1)
+    };
+    let (cert, trusted_pem) = if spec.issued_by_ca {
+        let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("CA key");
+        let mut ca = CertificateParams::new(Vec::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "fault proxy CA");
+        let ca_pem = ca.self_signed(&ca_key).expect("CA").pem();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let cert = params.signed_by(&key, &issuer).expect("leaf");
+        (cert, ca_pem)
+    } else {
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).expect("self-signed");
+        let pem = cert.pem();
+        (cert, pem)
+    };
     let der = PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
     let config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(vec![cert.der().clone()], der)
         .expect("server config");
-    (cert.pem(), config)
+    (trusted_pem, config)
 }
 
-/// A client to Gitea that trusts exactly Gitea's certificate (CA:true, used as server cert).
+/// A client to the upstream that trusts exactly its certificate (Gitea's is CA:true, used as
+/// server certificate; for the API server, pass its serving certificate).
 fn upstream_client(ca_pem: &[u8]) -> reqwest::Client {
     let pinned: Vec<CertificateDer<'static>> = rustls_pemfile_certs(ca_pem);
     let config = rustls::ClientConfig::builder()

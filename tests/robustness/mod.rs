@@ -1,7 +1,12 @@
-//! Shared by the fault, bad-input and security suites: a host-run controller with its own
-//! configuration file (registry profiles through the fault proxy, a small context limit), and
-//! the checks every hostile case ends with (no secret anywhere, nothing tagged).
+//! Shared by the fault, restart, bad-input and security suites: a host-run controller with its
+//! own configuration file (registry profiles through the fault proxy, a small context limit) and
+//! kubeconfig (the API server, or a proxy in front of it), builds with known clean digests, a
+//! record of status writes, and the checks every hostile case ends with (no secret anywhere,
+//! nothing tagged).
 #![allow(dead_code)]
+
+pub mod builds;
+pub mod status_log;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,6 +24,7 @@ pub struct Controller {
     pub identity: String,
     pub log: PathBuf,
     pub config: PathBuf,
+    kubeconfig: PathBuf,
     extra: Vec<String>,
 }
 
@@ -28,6 +34,56 @@ impl Controller {
         identity: &str,
         edit: impl FnOnce(&mut serde_yaml::Value),
         extra: &[&str],
+    ) -> Self {
+        let kubeconfig = ctl::install_chart().kubeconfig.clone();
+        Self::start_with_kubeconfig(identity, edit, extra, kubeconfig)
+    }
+
+    /// Starts a controller whose registry profile for the test Gitea goes to `endpoint` (a fault
+    /// proxy), trusting `ca_pem` through a Secret as it would Gitea's certificate.
+    pub fn start_with_registry_endpoint(
+        identity: &str,
+        endpoint: &str,
+        ca_pem: &str,
+        extra: &[&str],
+    ) -> Self {
+        let env = common::env();
+        // The chart makes the namespace the Secret goes to.
+        ctl::install_chart();
+        let secret = common::unique_name("proxy-ca");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pem = write_file(dir.path(), "ca.crt", ca_pem);
+        env.kubectl(&[
+            "create",
+            "secret",
+            "generic",
+            &secret,
+            "-n",
+            ctl::RELEASE_NAMESPACE,
+            &format!("--from-file=ca.crt={}", pem.display()),
+        ]);
+        Self::start(
+            identity,
+            |config| {
+                let profile = &mut config["registries"][0];
+                profile["endpoint"] = endpoint.into();
+                profile["caSecret"] = serde_yaml::to_value(std::collections::BTreeMap::from([
+                    ("namespace", ctl::RELEASE_NAMESPACE.to_owned()),
+                    ("name", secret.clone()),
+                    ("key", "ca.crt".to_owned()),
+                ]))
+                .expect("yaml");
+            },
+            extra,
+        )
+    }
+
+    /// Like [`Controller::start`], reaching the API server through `kubeconfig`.
+    pub fn start_with_kubeconfig(
+        identity: &str,
+        edit: impl FnOnce(&mut serde_yaml::Value),
+        extra: &[&str],
+        kubeconfig: PathBuf,
     ) -> Self {
         let env = common::env();
         let installed = ctl::install_chart();
@@ -40,13 +96,13 @@ impl Controller {
         Self::spawn(
             identity,
             path,
+            kubeconfig,
             extra.iter().map(|s| s.to_string()).collect(),
         )
     }
 
-    fn spawn(identity: &str, config: PathBuf, extra: Vec<String>) -> Self {
+    fn spawn(identity: &str, config: PathBuf, kubeconfig: PathBuf, extra: Vec<String>) -> Self {
         let env = common::env();
-        let installed = ctl::install_chart();
         let listen = format!("127.0.0.1:{}", ctl::free_port());
         let work = env.dir.join("controller").join(identity);
         std::fs::create_dir_all(&work).expect("work dir");
@@ -80,7 +136,7 @@ impl Controller {
         args.extend(extra.iter().cloned());
         let child = Command::new("bash")
             .args(&args)
-            .env("KUBECONFIG", &installed.kubeconfig)
+            .env("KUBECONFIG", &kubeconfig)
             .env("RUST_LOG", "info,imagebuild=debug")
             .env("POD_NAMESPACE", ctl::RELEASE_NAMESPACE)
             .stdin(Stdio::null())
@@ -94,6 +150,7 @@ impl Controller {
             identity: identity.into(),
             log,
             config,
+            kubeconfig,
             extra,
         };
         controller.wait_ready();
@@ -172,6 +229,7 @@ impl Controller {
         let next = Self::spawn(
             &self.identity.clone(),
             self.config.clone(),
+            self.kubeconfig.clone(),
             self.extra.clone(),
         );
         // The old value's drop finds its processes gone already.
@@ -224,5 +282,26 @@ pub fn yaml_quoted(text: &str) -> String {
 pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write file");
+    path
+}
+
+/// A copy of the controller's kubeconfig that reaches the API server at `server` (a proxy in
+/// front of it) and trusts `ca_pem` there; same ServiceAccount token.
+pub fn kubeconfig_via(server: &str, ca_pem: &str) -> PathBuf {
+    use base64::Engine;
+    let installed = ctl::install_chart();
+    let text = std::fs::read_to_string(&installed.kubeconfig).expect("kubeconfig");
+    let mut kubeconfig: Value = serde_json::from_str(&text).expect("kubeconfig json");
+    let cluster = &mut kubeconfig["clusters"][0]["cluster"];
+    cluster["server"] = server.into();
+    cluster["certificate-authority-data"] = base64::engine::general_purpose::STANDARD
+        .encode(ca_pem)
+        .into();
+    let path = common::env()
+        .dir
+        .join("controller")
+        .join(format!("{}.kubeconfig", common::unique_name("via")));
+    std::fs::write(&path, serde_json::to_vec_pretty(&kubeconfig).expect("json"))
+        .expect("write kubeconfig");
     path
 }
