@@ -140,7 +140,7 @@ crane_uploaded() {
   echo "$total"
 }
 
-imagebuild_file() { # FILE IMAGE [BASE]
+imagebuild_file() { # FILE IMAGE [BASE] [SPEC LINE]
   {
     echo "apiVersion: imagebuild.dev/v1alpha1"
     echo "kind: ImageBuild"
@@ -150,16 +150,21 @@ imagebuild_file() { # FILE IMAGE [BASE]
     echo "  image: $2"
     echo "  tags: [latest]"
     [ -z "${3:-}" ] || echo "  from: $3"
+    [ -z "${4:-}" ] || echo "  $4"
   } >"$1"
 }
 
-ib_push() { # NAME CONTEXT IMAGE
-  imagebuild_file "$work/$1.yaml" "$3" "$base"
+ib_push() { # NAME CONTEXT IMAGE [SPEC LINE]
+  imagebuild_file "$work/$1.yaml" "$3" "$base" "${4:-}"
   timed "$1" "$imagebuild" build -f "$work/$1.yaml" --context "$2" --push \
     --ca-file "$IMAGEBUILD_TEST_GITEA_CA" --username "$IMAGEBUILD_TEST_GITEA_USER" \
     --password-stdin <<<"$IMAGEBUILD_TEST_GITEA_PASSWORD"
   uploaded=$(grep -o '([0-9]* bytes uploaded' "$results/$1.err" | tr -dc 0-9)
   compressed=$(layer_size "$3:latest")
+}
+
+ib_zstd_push() { # NAME CONTEXT IMAGE: the opt-in zstd compression
+  ib_push "$1" "$2" "$3" "compression: zstd"
 }
 
 crane_push() { # NAME CONTEXT IMAGE
@@ -280,10 +285,10 @@ section_push() {
   for size in $sizes; do
     context=$bench/context
     [ $size = large ] || context=$bench/context-small
-    for tool in crane imagebuild skopeo; do
+    for tool in crane imagebuild imagebuild_zstd skopeo; do
       best=""
       for ((n = 1; n <= runs; n++)); do
-        local name=cold-$size-$tool-$n image=$gitea/$owner/bench-$run_id-$size-$tool-$n
+        local name=cold-$size-$tool-$n image=$gitea/$owner/bench-$run_id-$size-${tool//_/-}-$n
         log "cold $size $tool run $n"
         "${tool/imagebuild/ib}_push" "$name" "$context" "$image"
         # Fastest of N by wall; keep that run's figures.
@@ -296,6 +301,7 @@ section_push() {
       IFS=';' read -r _ wall cpu rss uploaded compressed registry_cpu <<<"$best_row"
       local label=$tool
       [ $tool != imagebuild ] || label="imagebuild build --push"
+      [ $tool != imagebuild_zstd ] || label="imagebuild, zstd (opt-in)"
       [ $tool != crane ] || label="tar + crane append"
       [ $tool != skopeo ] || label="tar + pigz, umoci, skopeo"
       row "$label"
