@@ -27,9 +27,11 @@ pub use blocks::{BLOCK_SIZE, SEGMENT_SIZE};
 pub use cache::{CachedLayer, LayerCache};
 
 /// The gzip level used unless one is asked for (libdeflate's scale, 0–12). Chosen with
-/// `benches/builder.sh`: level 6 stays within 1% of `gzip -6`'s size on mixed and on
-/// text-only contexts (level 5: +1.7% / +4.5%, level 4: +2.5% / +6.6%) while needing a third
-/// of pigz's CPU time. Changing it changes every layer digest.
+/// `benches/builder.sh`: level 6 stays within 1% of `gzip -6`'s size on the mixed benchmark
+/// context (level 5: +1.7%, level 4: +2.5%, level 3: +3.2%) while needing a third of pigz's CPU
+/// time; on that context's source files alone it is 7.6% larger than `gzip -6`, and level 3 is
+/// 15% larger, which is why the default stays here (see BENCHMARKS.md). Changing it changes
+/// every layer digest.
 pub const DEFAULT_GZIP_LEVEL: u32 = 6;
 /// The zstd level used unless one is asked for.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
