@@ -155,6 +155,22 @@ fn image_build_file(dir: &Path, image: &str, extra: &str) -> PathBuf {
     path
 }
 
+/// Builds FILE with CONTEXT into the layout LAYOUT; returns the printed digest.
+fn build_layout(file: &Path, context: &Path, layout: &Path) -> String {
+    stdout_ok(&run(
+        &[
+            "build",
+            "-f",
+            &file.to_string_lossy(),
+            "--context",
+            &context.to_string_lossy(),
+            "--output",
+            &layout.to_string_lossy(),
+        ],
+        "",
+    ))
+}
+
 fn push_context(target: &Target, file: &Path, context: &Path) -> (String, String) {
     let mut args = vec![
         "build",
@@ -270,18 +286,7 @@ fn build_to_a_layout_then_push_gives_the_digest_of_a_direct_push() {
     let image = target.repo(&common::unique_name("layout"));
     let file = image_build_file(work.path(), &image, "");
     let layout = work.path().join("oci");
-    let built = stdout_ok(&run(
-        &[
-            "build",
-            "-f",
-            &file.to_string_lossy(),
-            "--context",
-            &context.to_string_lossy(),
-            "--output",
-            &layout.to_string_lossy(),
-        ],
-        "",
-    ));
+    let built = build_layout(&file, &context, &layout);
     let mut args = vec![
         "push".to_owned(),
         format!("{}:v1", layout.display()),
@@ -426,19 +431,7 @@ fn large_context_uploads_while_building(target: Target) {
     let file = image_build_file(work.path(), &image, "");
 
     let (image_ref, log) = push_context(&target, &file, &context);
-    let layout = work.path().join("layout");
-    let built = stdout_ok(&run(
-        &[
-            "build",
-            "-f",
-            file.to_str().expect("utf8"),
-            "--context",
-            context.to_str().expect("utf8"),
-            "--output",
-            layout.to_str().expect("utf8"),
-        ],
-        "",
-    ));
+    let built = build_layout(&file, &context, &work.path().join("layout"));
     assert_eq!(
         digest_part(&image_ref),
         built,
