@@ -31,6 +31,9 @@ impl Node {
     pub fn busybox(&self) -> &str {
         self.var("IMAGEBUILD_TEST_BUSYBOX_IMAGE")
     }
+    pub fn kubectl_image(&self) -> &str {
+        self.var("IMAGEBUILD_TEST_KUBECTL_IMAGE")
+    }
     pub fn name(&self) -> &str {
         self.var("IMAGEBUILD_TEST_NODE_NAME")
     }
@@ -241,6 +244,21 @@ impl Namespace {
     pub fn log(&self, object: &str) -> String {
         let out = env().kubectl_output(&["-n", &self.name, "logs", object]);
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits for a Pod to finish; fails the test (with its description and log) unless it
+    /// Succeeded. Returns its log.
+    pub fn pod_succeeds(&self, pod: &str, timeout: Duration) -> String {
+        let obj = format!("pod/{pod}");
+        let phase = self.wait_for(&obj, "{.status.phase}", &["Succeeded", "Failed"], timeout);
+        let log = self.log(&obj);
+        assert_eq!(
+            phase,
+            "Succeeded",
+            "pod {pod} failed; log:\n{log}\n{}",
+            self.describe(&obj)
+        );
+        log
     }
 }
 
