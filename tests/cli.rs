@@ -107,26 +107,8 @@ impl Target {
     }
     /// Pulls `reference` with skopeo and unpacks it with umoci; returns the bundle directory.
     fn pull(&self, env: &TestEnv, reference: &str) -> tempfile::TempDir {
-        let certs = env.cert_dir(&self.ca);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let layout = dir.path().join("layout");
-        common::run_ok(env.cmd("skopeo").args([
-            "copy",
-            "--src-cert-dir",
-            &certs.path().to_string_lossy(),
-            "--src-creds",
-            &format!("{}:{}", self.user, self.password),
-            &format!("docker://{reference}"),
-            &format!("oci:{}:pulled", layout.display()),
-        ]));
-        common::run_ok(env.cmd("umoci").args([
-            "unpack",
-            "--rootless",
-            "--image",
-            &format!("{}:pulled", layout.display()),
-            &dir.path().join("bundle").to_string_lossy(),
-        ]));
-        dir
+        let creds = format!("{}:{}", self.user, self.password);
+        env.pull_and_unpack(&self.ca, &creds, reference)
     }
 }
 

@@ -211,6 +211,31 @@ impl TestEnv {
         std::fs::copy(ca, dir.path().join("ca.crt")).expect("copy CA");
         dir
     }
+
+    /// Pulls `reference` with skopeo (trusting `ca`, logging in as `creds` = `user:password`)
+    /// and unpacks it with umoci; returns the directory whose `bundle/rootfs` holds the files.
+    pub fn pull_and_unpack(&self, ca: &Path, creds: &str, reference: &str) -> tempfile::TempDir {
+        let certs = self.cert_dir(ca);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = dir.path().join("layout");
+        run_ok(self.cmd("skopeo").args([
+            "copy",
+            "--src-cert-dir",
+            &certs.path().to_string_lossy(),
+            "--src-creds",
+            creds,
+            &format!("docker://{reference}"),
+            &format!("oci:{}:pulled", layout.display()),
+        ]));
+        run_ok(self.cmd("umoci").args([
+            "unpack",
+            "--rootless",
+            "--image",
+            &format!("{}:pulled", layout.display()),
+            &dir.path().join("bundle").to_string_lossy(),
+        ]));
+        dir
+    }
 }
 
 /// A name unique to this process and call, valid as a Kubernetes name and an

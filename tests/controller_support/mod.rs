@@ -358,26 +358,7 @@ pub fn registry_digest(env: &TestEnv, image: &str, tag: &str) -> Option<String> 
 
 /// Pulls `image@digest` from Gitea and unpacks it; returns the bundle dir (rootfs inside).
 pub fn pull_and_unpack(env: &TestEnv, image_ref: &str) -> tempfile::TempDir {
-    let certs = env.cert_dir(&env.gitea_ca);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let layout = dir.path().join("layout");
-    common::run_ok(env.cmd("skopeo").args([
-        "copy",
-        "--src-cert-dir",
-        &certs.path().to_string_lossy(),
-        "--src-creds",
-        &env.gitea_creds(),
-        &format!("docker://{image_ref}"),
-        &format!("oci:{}:pulled", layout.display()),
-    ]));
-    common::run_ok(env.cmd("umoci").args([
-        "unpack",
-        "--rootless",
-        "--image",
-        &format!("{}:pulled", layout.display()),
-        &dir.path().join("bundle").to_string_lossy(),
-    ]));
-    dir
+    env.pull_and_unpack(&env.gitea_ca, &env.gitea_creds(), image_ref)
 }
 
 /// Events about an object: (type, reason, note, reportingInstance).
