@@ -173,17 +173,9 @@ fn arm_only_base() -> &'static str {
             env.gitea_password.as_bytes(),
         );
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let certs = env.cert_dir(&env.gitea_ca);
-        let manifest = common::output(env.cmd("skopeo").args([
-            "inspect",
-            "--raw",
-            "--cert-dir",
-            &certs.path().to_string_lossy(),
-            "--creds",
-            &env.gitea_creds(),
-            &format!("docker://{repo}:arm"),
-        ]))
-        .stdout;
+        let manifest = env
+            .raw_manifest(&env.gitea_ca, &env.gitea_creds(), &format!("{repo}:arm"))
+            .unwrap_or_default();
         let index = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.index.v1+json",

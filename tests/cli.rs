@@ -88,22 +88,11 @@ impl Target {
     }
     /// The digest the registry serves for `reference`, read by skopeo.
     fn served_digest(&self, env: &TestEnv, reference: &str) -> String {
-        let certs = env.cert_dir(&self.ca);
-        let raw = common::output(env.cmd("skopeo").args([
-            "inspect",
-            "--raw",
-            "--cert-dir",
-            &certs.path().to_string_lossy(),
-            "--creds",
-            &format!("{}:{}", self.user, self.password),
-            &format!("docker://{reference}"),
-        ]));
-        assert!(
-            raw.status.success(),
-            "skopeo: {}",
-            String::from_utf8_lossy(&raw.stderr)
-        );
-        imagebuild::oci::Digest::of(&raw.stdout).to_string()
+        let creds = format!("{}:{}", self.user, self.password);
+        let raw = env
+            .raw_manifest(&self.ca, &creds, reference)
+            .unwrap_or_else(|| panic!("skopeo cannot read {reference}"));
+        imagebuild::oci::Digest::of(&raw).to_string()
     }
     /// Pulls `reference` with skopeo and unpacks it with umoci; returns the bundle directory.
     fn pull(&self, env: &TestEnv, reference: &str) -> tempfile::TempDir {
@@ -311,17 +300,10 @@ fn an_image_on_a_base_reuses_the_base_layers_and_a_second_push_uploads_nothing()
     );
 
     let manifest = |reference: &str| -> serde_json::Value {
-        let certs = env.cert_dir(&target.ca);
-        let raw = common::run_ok(env.cmd("skopeo").args([
-            "inspect",
-            "--raw",
-            "--cert-dir",
-            &certs.path().to_string_lossy(),
-            "--creds",
-            &env.gitea_creds(),
-            &format!("docker://{reference}"),
-        ]));
-        serde_json::from_str(&raw).expect("manifest json")
+        let raw = env
+            .raw_manifest(&target.ca, &env.gitea_creds(), reference)
+            .expect("manifest");
+        serde_json::from_slice(&raw).expect("manifest json")
     };
     let base_layers = manifest(&base_ref)["layers"]
         .as_array()

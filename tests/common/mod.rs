@@ -212,6 +212,22 @@ impl TestEnv {
         dir
     }
 
+    /// The manifest bytes `reference` serves (`skopeo inspect --raw`, trusting `ca`, logging in
+    /// as `creds` = `user:password`), or `None` when skopeo cannot read it.
+    pub fn raw_manifest(&self, ca: &Path, creds: &str, reference: &str) -> Option<Vec<u8>> {
+        let certs = self.cert_dir(ca);
+        let out = output(self.cmd("skopeo").args([
+            "inspect",
+            "--raw",
+            "--cert-dir",
+            &certs.path().to_string_lossy(),
+            "--creds",
+            creds,
+            &format!("docker://{reference}"),
+        ]));
+        out.status.success().then_some(out.stdout)
+    }
+
     /// Pulls `reference` with skopeo (trusting `ca`, logging in as `creds` = `user:password`)
     /// and unpacks it with umoci; returns the directory whose `bundle/rootfs` holds the files.
     pub fn pull_and_unpack(&self, ca: &Path, creds: &str, reference: &str) -> tempfile::TempDir {

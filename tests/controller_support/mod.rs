@@ -340,20 +340,8 @@ pub fn wait_for(ns: &str, name: &str, timeout: Duration, check: impl Fn(&Value) 
 
 /// The digest the registry serves for `image:tag` (sha256 of the manifest bytes).
 pub fn registry_digest(env: &TestEnv, image: &str, tag: &str) -> Option<String> {
-    let certs = env.cert_dir(&env.gitea_ca);
-    let out = common::output(env.cmd("skopeo").args([
-        "inspect",
-        "--raw",
-        "--cert-dir",
-        &certs.path().to_string_lossy(),
-        "--creds",
-        &env.gitea_creds(),
-        &format!("docker://{image}:{tag}"),
-    ]));
-    if !out.status.success() {
-        return None;
-    }
-    Some(imagebuild::oci::Digest::of(&out.stdout).to_string())
+    let raw = env.raw_manifest(&env.gitea_ca, &env.gitea_creds(), &format!("{image}:{tag}"))?;
+    Some(imagebuild::oci::Digest::of(&raw).to_string())
 }
 
 /// Pulls `image@digest` from Gitea and unpacks it; returns the bundle dir (rootfs inside).
