@@ -127,7 +127,8 @@ fn write_token_kubeconfig(env: &TestEnv, service_account: &str, path: &Path) {
         .expect("write kubeconfig");
 }
 
-/// A controller process; killed when dropped (and by a watchdog if the test binary dies).
+/// A controller process on this host behind a watchdog shell that ends it when the test binary
+/// goes away; SIGKILLed when dropped.
 pub struct ControllerProcess {
     child: Child,
     pub listen: String,
@@ -136,19 +137,36 @@ pub struct ControllerProcess {
 }
 
 impl ControllerProcess {
+    /// The controller as the chart configures it (its rendered config and ServiceAccount).
     pub fn start(identity: &str, extra: &[&str]) -> Self {
-        let env = common::env();
         let installed = install_chart();
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
+        // A fresh start begins a fresh log.
+        let old_log = common::env()
+            .dir
+            .join("controller")
+            .join(format!("{identity}.log"));
+        let _ = std::fs::remove_file(old_log);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::spawn(identity, &installed.config, &installed.kubeconfig, &extra)
+    }
+
+    /// The controller with `config` and `kubeconfig`. Its log is appended to
+    /// `<env>/controller/<identity>.log`, so a restarted controller keeps its predecessor's log
+    /// for the secret scan.
+    pub fn spawn(identity: &str, config: &Path, kubeconfig: &Path, extra: &[String]) -> Self {
+        let env = common::env();
+        let listen = format!("127.0.0.1:{}", free_port());
         let work = env.dir.join("controller").join(identity);
         std::fs::create_dir_all(&work).expect("work dir");
         let log = env.dir.join("controller").join(format!("{identity}.log"));
-        let log_file = std::fs::File::create(&log).expect("log file");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
         let binary = env!("CARGO_BIN_EXE_imagebuild");
-        // The watchdog ends the controller when this test process goes away.
         let script = format!(
-            "\"$@\" & c=$!; trap 'kill $c 2>/dev/null' EXIT TERM; while kill -0 {parent} 2>/dev/null && kill -0 $c 2>/dev/null; do sleep 0.3; done",
+            "\"$@\" & c=$!; trap 'kill -9 $c 2>/dev/null' EXIT TERM; while kill -0 {parent} 2>/dev/null && kill -0 $c 2>/dev/null; do sleep 0.3; done",
             parent = std::process::id()
         );
         let mut args: Vec<String> = vec![
@@ -158,7 +176,7 @@ impl ControllerProcess {
             binary.into(),
             "controller".into(),
             "--config".into(),
-            installed.config.to_string_lossy().into(),
+            config.to_string_lossy().into(),
             "--listen".into(),
             listen.clone(),
             "--work-dir".into(),
@@ -166,10 +184,10 @@ impl ControllerProcess {
             "--identity".into(),
             identity.into(),
         ];
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(extra.iter().cloned());
         let child = Command::new("bash")
             .args(&args)
-            .env("KUBECONFIG", &installed.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,imagebuild=debug")
             .env("POD_NAMESPACE", RELEASE_NAMESPACE)
             .stdin(Stdio::null())
@@ -201,6 +219,36 @@ impl ControllerProcess {
         );
     }
 
+    pub fn healthy(&self) -> bool {
+        http_get(&self.listen, "/healthz").is_some_and(|(code, _)| code == 200)
+    }
+
+    /// The controller's own process id (the child of the watchdog shell).
+    pub fn pid(&self) -> Option<u32> {
+        let out = Command::new("pgrep")
+            .args(["-P", &self.child.id().to_string()])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Peak resident memory (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
     pub fn metrics(&self) -> String {
         http_get(&self.listen, "/metrics")
             .map(|(_, body)| body)
@@ -211,11 +259,13 @@ impl ControllerProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// SIGKILL, as a crash would.
+    /// SIGKILL, as a crash would (the watchdog shell goes too).
     pub fn kill(&mut self) {
-        let _ = Command::new("pkill")
-            .args(["-KILL", "-P", &self.child.id().to_string()])
-            .status();
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

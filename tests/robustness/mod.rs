@@ -9,8 +9,6 @@ pub mod builds;
 pub mod status_log;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -18,14 +16,25 @@ use crate::common::{self, TestEnv};
 use crate::controller_support as ctl;
 
 /// A controller process started with a configuration derived from the chart's; SIGKILLed on drop.
+/// Everything but [`Controller::restart`] is the [`ctl::ControllerProcess`]'s.
 pub struct Controller {
-    child: Child,
-    pub listen: String,
-    pub identity: String,
-    pub log: PathBuf,
+    process: ctl::ControllerProcess,
     pub config: PathBuf,
     kubeconfig: PathBuf,
     extra: Vec<String>,
+}
+
+impl std::ops::Deref for Controller {
+    type Target = ctl::ControllerProcess;
+    fn deref(&self) -> &Self::Target {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Controller {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.process
+    }
 }
 
 impl Controller {
@@ -102,125 +111,14 @@ impl Controller {
     }
 
     fn spawn(identity: &str, config: PathBuf, kubeconfig: PathBuf, extra: Vec<String>) -> Self {
-        let env = common::env();
-        let listen = format!("127.0.0.1:{}", ctl::free_port());
-        let work = env.dir.join("controller").join(identity);
-        std::fs::create_dir_all(&work).expect("work dir");
-        let log = env.dir.join("controller").join(format!("{identity}.log"));
-        // Appending: a restarted controller keeps its predecessor's log for the secret scan.
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log file");
-        let binary = env!("CARGO_BIN_EXE_imagebuild");
-        let script = format!(
-            "\"$@\" & c=$!; trap 'kill -9 $c 2>/dev/null' EXIT TERM; while kill -0 {parent} 2>/dev/null && kill -0 $c 2>/dev/null; do sleep 0.3; done",
-            parent = std::process::id()
-        );
-        let mut args: Vec<String> = vec![
-            "-c".into(),
-            script,
-            "controller".into(),
-            binary.into(),
-            "controller".into(),
-            "--config".into(),
-            config.to_string_lossy().into(),
-            "--listen".into(),
-            listen.clone(),
-            "--work-dir".into(),
-            work.to_string_lossy().into(),
-            "--identity".into(),
-            identity.into(),
-        ];
-        args.extend(extra.iter().cloned());
-        let child = Command::new("bash")
-            .args(&args)
-            .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "info,imagebuild=debug")
-            .env("POD_NAMESPACE", ctl::RELEASE_NAMESPACE)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("log"))
-            .stderr(log_file)
-            .spawn()
-            .expect("start controller");
-        let controller = Self {
-            child,
-            listen,
-            identity: identity.into(),
-            log,
+        let process = ctl::ControllerProcess::spawn(identity, &config, &kubeconfig, &extra);
+        process.wait_ready();
+        Self {
+            process,
             config,
             kubeconfig,
             extra,
-        };
-        controller.wait_ready();
-        controller
-    }
-
-    pub fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if ctl::http_get(&self.listen, "/readyz").is_some_and(|(code, _)| code == 200) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
         }
-        panic!(
-            "controller {} not ready; log:\n{}",
-            self.identity,
-            self.log_text()
-        );
-    }
-
-    pub fn healthy(&self) -> bool {
-        ctl::http_get(&self.listen, "/healthz").is_some_and(|(code, _)| code == 200)
-    }
-
-    /// The controller's own process id (the child of the watchdog shell).
-    pub fn pid(&self) -> Option<u32> {
-        let out = Command::new("pgrep")
-            .args(["-P", &self.child.id().to_string()])
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    /// Peak resident memory (VmHWM) in KiB.
-    pub fn peak_rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    }
-
-    pub fn metrics(&self) -> String {
-        ctl::http_get(&self.listen, "/metrics")
-            .map(|(_, body)| body)
-            .unwrap_or_default()
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGKILL, as a crash would (the watchdog shell goes too).
-    pub fn kill(&mut self) {
-        if let Some(pid) = self.pid() {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 
     /// SIGKILL and start again with the same identity, configuration and log.
@@ -234,12 +132,6 @@ impl Controller {
         );
         // The old value's drop finds its processes gone already.
         drop(std::mem::replace(self, next));
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
