@@ -381,17 +381,10 @@ fn succeeded(ib: &Value) -> String {
 /// The last layer's digest of a manifest in Gitea.
 fn pushed_layer(image_ref: &str) -> String {
     let env = env();
-    let certs = env.cert_dir(&env.gitea_ca);
-    let raw = run_ok(env.cmd("skopeo").args([
-        "inspect",
-        "--raw",
-        "--cert-dir",
-        &certs.path().to_string_lossy(),
-        "--creds",
-        &env.gitea_creds(),
-        &format!("docker://{image_ref}"),
-    ]));
-    let manifest: Value = serde_json::from_str(&raw).expect("manifest");
+    let raw = env
+        .raw_manifest(&env.gitea_ca, &env.gitea_creds(), image_ref)
+        .unwrap_or_else(|| panic!("skopeo cannot read {image_ref}"));
+    let manifest: Value = serde_json::from_slice(&raw).expect("manifest");
     last_layer(&manifest)
 }
 
