@@ -2,6 +2,8 @@
 //! the matching Kubernetes Events. A Warning event is sent only when the condition changes, so a
 //! failure that repeats does not flood the namespace.
 
+use std::time::Duration;
+
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
@@ -58,9 +60,39 @@ pub async fn write(
         "status": status,
     });
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch_status(&ib.name_any(), &params, &Patch::Apply(&patch))
-        .await?;
-    Ok(())
+    let mut pause = FIRST_RETRY_PAUSE;
+    let mut attempt = 1;
+    loop {
+        match api
+            .patch_status(&ib.name_any(), &params, &Patch::Apply(&patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(error) if attempt < WRITE_ATTEMPTS && worth_retrying(&error) => {
+                tracing::debug!(%error, attempt, "status write failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                attempt += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// A status write is tried this many times before the reconcile gives up and is queued again.
+/// Giving up on the final write of a finished push would leave `Pushing` showing while the
+/// build waits for a slot to be done again, so a brief API server hiccup is waited out here.
+const WRITE_ATTEMPTS: u32 = 5;
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// Errors that say nothing about the write itself: the API server was busy, unreachable or
+/// raced by another writer.
+fn worth_retrying(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => matches!(status.code, 409 | 429 | 500 | 502 | 503 | 504),
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
 }
 
 /// Whether the Ready condition would change (status, reason or message) with `status`.
@@ -105,4 +137,26 @@ fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn busy_or_racing_api_servers_are_retried_and_refusals_are_not() {
+        for code in [409, 429, 500, 503, 504] {
+            assert!(worth_retrying(&api_error(code)), "{code}");
+        }
+        for code in [400, 403, 404, 422] {
+            assert!(!worth_retrying(&api_error(code)), "{code}");
+        }
+    }
 }
