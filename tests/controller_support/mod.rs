@@ -4,6 +4,7 @@
 //! no nodes to run its Pod).
 #![allow(dead_code)]
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -185,7 +186,10 @@ impl ControllerProcess {
             identity.into(),
         ];
         args.extend(extra.iter().cloned());
+        // A process group of its own: `kill` ends the watchdog, the controller and any `sleep`
+        // together, even when the controller has not been forked yet.
         let child = Command::new("bash")
+            .process_group(0)
             .args(&args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,imagebuild=debug")
@@ -259,11 +263,12 @@ impl ControllerProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// SIGKILL, as a crash would (the watchdog shell goes too).
+    /// SIGKILL, as a crash would, to the whole group: the controller and its watchdog shell.
     pub fn kill(&mut self) {
-        if let Some(pid) = self.pid() {
+        // Once the shell is reaped its id may be another process's: signal only a live group.
+        if matches!(self.child.try_wait(), Ok(None)) {
             let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
+                .args(["-KILL", "--", &format!("-{}", self.child.id())])
                 .status();
         }
         let _ = self.child.kill();
