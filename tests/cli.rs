@@ -13,7 +13,7 @@ use common::TestEnv;
 /// The digest of `examples/hello-site` built with no SOURCE_DATE_EPOCH: any change to the
 /// layer or image format shows up here first.
 const HELLO_SITE_DIGEST: &str =
-    "sha256:e4e144dbfb3658441b0d10f5e8f864965da394a525f09f4f8f7c93b7d1134b49";
+    "sha256:4542d5fa9cb6464675e6d4f9e47f76293cbfa8951d5f73cd19d9465a01092466";
 
 fn imagebuild() -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_imagebuild"));

@@ -82,7 +82,7 @@ fn golden_digest_pins_the_layer_format() {
     );
     assert_eq!(
         blob.descriptor.digest.as_str(),
-        "sha256:ba533755fbcfa8f3a9f9811ac60ca3ead663cf77f0fc28a599c9dc2b585f03a9"
+        "sha256:dfbf80809650674ff126435740bdf7a6c8c3eaea0b2e5fb98e14f4d5c7fcd276"
     );
 }
 
