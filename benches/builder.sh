@@ -6,6 +6,8 @@
 #   benches/builder.sh            # table on stdout
 #   BENCH_LEVELS="4 6" benches/builder.sh   # our gzip levels to measure (default: 4 5 6)
 #   BENCH_RUNS=3 benches/builder.sh         # runs per tool, the fastest is kept (default 1)
+#   BENCH_CONTEXT=~/.cargo/registry/src benches/builder.sh   # any directory instead, e.g. real
+#                                           # source code (not generated, not changed)
 #
 # Needs gzip, pigz and /usr/bin/time (apt-get install -y pigz time). The machine is shared:
 # every tool runs in the same invocation, after a warm-up read, so the ratios between rows
@@ -14,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bench_dir=target/bench
-context=$bench_dir/context
+context=${BENCH_CONTEXT:-$bench_dir/context}
 out=$bench_dir/out
 levels=${BENCH_LEVELS:-"4 5 6"}
 runs=${BENCH_RUNS:-1}
@@ -35,8 +37,10 @@ binary=$(cargo bench --bench build_layer --no-run --message-format=json 2>/dev/n
   | grep '"name":"build_layer"' | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
 [ -x "$binary" ] || { echo "benches/builder.sh: cannot find the build_layer binary" >&2; exit 1; }
 
-echo "generating the context in $context (reused when present)..." >&2
-"$binary" --generate "$context"
+if [ -z "${BENCH_CONTEXT:-}" ]; then
+  echo "generating the context in $context (reused when present)..." >&2
+  "$binary" --generate "$context"
+fi
 mkdir -p "$out"
 
 # Warm the page cache and measure the input: every row reads the same cached files.
