@@ -3,12 +3,14 @@
 //! and the context digest that says whether anything changed since the last push.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client, ResourceExt};
 
 use super::config::{ControllerConfig, RegistryProfile};
 use super::error::Error;
+use super::secrets::SecretCache;
 use crate::api::{ImageBuild, PvcSource, REBUILD_ANNOTATION};
 use crate::build::{CaBundle, RegistryAccess};
 use crate::context::ContextItem;
@@ -40,6 +42,7 @@ pub async fn resolve(
     ib: &ImageBuild,
     client: &Client,
     config: &ControllerConfig,
+    secrets: &SecretCache,
 ) -> Result<ResolvedInputs, Error> {
     let namespace = ib.namespace().unwrap_or_default();
     let spec = &ib.spec;
@@ -86,12 +89,11 @@ pub async fn resolve(
             });
         }
     };
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let target_host = host_of(&spec.image);
-    let target = access_for(ib, &target_host, client, &secrets, config, &mut digest).await?;
+    let target = access_for(ib, &target_host, client, secrets, config, &mut digest).await?;
     let base = match spec.from.as_deref().map(host_of) {
         Some(host) if host != target_host => {
-            Some(access_for(ib, &host, client, &secrets, config, &mut digest).await?)
+            Some(access_for(ib, &host, client, secrets, config, &mut digest).await?)
         }
         _ => None,
     };
@@ -109,14 +111,14 @@ pub async fn registry_access(
     ib: &ImageBuild,
     client: &Client,
     config: &ControllerConfig,
+    secrets: &SecretCache,
 ) -> Result<RegistryAccess, Error> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ib.namespace().unwrap_or_default());
     let mut digest = InputsDigest::default();
     access_for(
         ib,
         &host_of(&ib.spec.image),
         client,
-        &secrets,
+        secrets,
         config,
         &mut digest,
     )
@@ -179,7 +181,7 @@ async fn access_for(
     ib: &ImageBuild,
     host: &str,
     client: &Client,
-    own_secrets: &Api<Secret>,
+    secrets: &SecretCache,
     config: &ControllerConfig,
     digest: &mut InputsDigest,
 ) -> Result<RegistryAccess, Error> {
@@ -196,7 +198,8 @@ async fn access_for(
 
     if let Some(ca) = settings.and_then(|s| s.ca_secret.as_ref()) {
         let secret = get_secret(
-            own_secrets,
+            secrets,
+            client,
             &namespace,
             &ca.name,
             "registry CA",
@@ -209,12 +212,13 @@ async fn access_for(
         );
         access.ca = Some(ca_from(&secret, &namespace, &ca.name, &ca.key)?);
     } else if let Some(profile) = profile {
-        access.ca = profile_ca(profile, client, digest).await?;
+        access.ca = profile_ca(profile, client, secrets, digest).await?;
     }
 
     if let Some(name) = settings.and_then(|s| s.credentials_secret.as_ref()) {
         let secret = get_secret(
-            own_secrets,
+            secrets,
+            client,
             &namespace,
             name,
             "registry credentials",
@@ -227,7 +231,7 @@ async fn access_for(
         );
         access.credentials = Some(credentials_from(&secret, &namespace, name, host)?);
     } else if let Some(profile) = profile {
-        access.credentials = profile_credentials(profile, client, digest).await?;
+        access.credentials = profile_credentials(profile, client, secrets, digest).await?;
     }
     Ok(access)
 }
@@ -240,11 +244,13 @@ pub async fn profile_access(
     config: &ControllerConfig,
 ) -> Result<RegistryAccess, Error> {
     let mut digest = InputsDigest::default();
+    // No watch feeds this one: every Secret is read from the API server.
+    let secrets = SecretCache::default();
     let profile = config.profile(host);
     let (ca, credentials) = match profile {
         Some(p) => (
-            profile_ca(p, client, &mut digest).await?,
-            profile_credentials(p, client, &mut digest).await?,
+            profile_ca(p, client, &secrets, &mut digest).await?,
+            profile_credentials(p, client, &secrets, &mut digest).await?,
         ),
         None => (None, None),
     };
@@ -260,14 +266,22 @@ pub async fn profile_access(
 async fn profile_ca(
     profile: &RegistryProfile,
     client: &Client,
+    secrets: &SecretCache,
     digest: &mut InputsDigest,
 ) -> Result<Option<CaBundle>, Error> {
     let Some(r) = &profile.ca_secret else {
         return Ok(None);
     };
-    let api: Api<Secret> = Api::namespaced(client.clone(), &r.namespace);
     let field = format!("the caSecret of registry profile {}", profile.host);
-    let secret = get_secret(&api, &r.namespace, &r.name, "registry CA", &field).await?;
+    let secret = get_secret(
+        secrets,
+        client,
+        &r.namespace,
+        &r.name,
+        "registry CA",
+        &field,
+    )
+    .await?;
     digest.add(
         "ca",
         secret.resource_version().unwrap_or_default().as_bytes(),
@@ -278,14 +292,22 @@ async fn profile_ca(
 async fn profile_credentials(
     profile: &RegistryProfile,
     client: &Client,
+    secrets: &SecretCache,
     digest: &mut InputsDigest,
 ) -> Result<Option<Credentials>, Error> {
     let Some(r) = &profile.credentials_secret else {
         return Ok(None);
     };
-    let api: Api<Secret> = Api::namespaced(client.clone(), &r.namespace);
     let field = format!("the credentialsSecret of registry profile {}", profile.host);
-    let secret = get_secret(&api, &r.namespace, &r.name, "registry credentials", &field).await?;
+    let secret = get_secret(
+        secrets,
+        client,
+        &r.namespace,
+        &r.name,
+        "registry credentials",
+        &field,
+    )
+    .await?;
     digest.add(
         "credentials",
         secret.resource_version().unwrap_or_default().as_bytes(),
@@ -306,13 +328,15 @@ async fn profile_credentials(
 }
 
 async fn get_secret(
-    api: &Api<Secret>,
+    secrets: &SecretCache,
+    client: &Client,
     namespace: &str,
     name: &str,
     purpose: &'static str,
     field: &str,
-) -> Result<Secret, Error> {
-    api.get_opt(name)
+) -> Result<Arc<Secret>, Error> {
+    secrets
+        .get(client, namespace, name)
         .await?
         .ok_or_else(|| Error::SecretNotFound {
             namespace: namespace.to_owned(),

@@ -9,6 +9,7 @@ pub mod inputs;
 pub mod leader;
 pub mod pvc;
 pub mod reconcile;
+pub mod secrets;
 pub mod status;
 pub mod upload;
 
@@ -17,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
@@ -137,6 +138,7 @@ pub async fn run(options: Options) -> Result<(), StartError> {
         ),
         metrics,
         build_slots: Semaphore::new(usize::from(options.concurrency.max(1))),
+        secrets: secrets::SecretCache::default(),
         work_dir: options.work_dir.clone(),
         config,
         readers,
@@ -199,10 +201,12 @@ async fn controller(
         watcher::Config::default(),
     )
     .touched_objects();
+    let secret_cache = ctx.clone();
     let secrets = watcher(
         Api::<PartialObjectMeta<Secret>>::all(client.clone()),
         watcher::Config::default(),
     )
+    .inspect_ok(move |event| secret_cache.secrets.observe(event))
     .touched_objects();
     let cm_store = store.clone();
     let secret_store = store;

@@ -28,6 +28,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub build_slots: Semaphore,
+    /// Registry Secrets read, kept while the Secret watch says they are unchanged.
+    pub secrets: super::secrets::SecretCache,
     pub work_dir: PathBuf,
     /// Reader Pods for PersistentVolumeClaim contexts; `None` when they are off.
     pub readers: Option<super::pvc::Readers>,
@@ -45,7 +47,7 @@ pub async fn reconcile(ib: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action,
     }
     sync_finalizer(&ib, &api).await?;
 
-    let inputs = match inputs::resolve(&ib, &ctx.client, &ctx.config).await {
+    let inputs = match inputs::resolve(&ib, &ctx.client, &ctx.config, &ctx.secrets).await {
         Ok(inputs) => inputs,
         Err(Error::Kube(e)) => return Err(Error::Kube(e)),
         Err(error) => return record_failure(&ib, &api, &ctx, error, None).await,
@@ -400,12 +402,12 @@ async fn finalize(ib: &ImageBuild, api: &Api<ImageBuild>, ctx: &Context) -> Resu
 }
 
 async fn delete_tags(ib: &ImageBuild, ctx: &Context, tags: &[String]) -> Result<(), Error> {
-    let inputs = inputs::resolve(ib, &ctx.client, &ctx.config).await;
+    let inputs = inputs::resolve(ib, &ctx.client, &ctx.config, &ctx.secrets).await;
     // Deletion must work even when the context ConfigMaps are already gone: fall back to the
     // registry settings alone.
     let access = match inputs {
         Ok(inputs) => inputs.target,
-        Err(_) => inputs::registry_access(ib, &ctx.client, &ctx.config).await?,
+        Err(_) => inputs::registry_access(ib, &ctx.client, &ctx.config, &ctx.secrets).await?,
     };
     build::delete_tags(&access, &ib.spec.image, tags).await?;
     Ok(())
