@@ -338,6 +338,25 @@ fn a_wrong_password_fails_with_unauthorized_naming_the_secret() {
     assert_eq!(reason, "Unauthorized", "{message}");
     assert!(message.contains(&format!("Secret {ns}/wrong")), "{message}");
     assert!(!message.contains("not:the@password"));
+
+    // Fixing the Secret is the change that builds it again: the controller reads the new
+    // password rather than the copy it used last time.
+    let fixed = env.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: wrong, namespace: {ns}}}\ntype: kubernetes.io/basic-auth\nstringData: {{username: {}, password: '{}'}}\n",
+            env.gitea_user, env.gitea_password
+        ),
+    );
+    assert!(fixed.status.success(), "could not update the Secret");
+    let ib = ctl::wait_for(&ns, "auth", SETTLE, |ib| {
+        ctl::ready(ib).is_some_and(|r| r.0 == "True")
+    });
+    assert_eq!(
+        ib["status"]["digest"].as_str(),
+        ctl::registry_digest(env, &image, "latest").as_deref(),
+        "{ib:#}"
+    );
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! Load: 200 ImageBuilds applied at once complete with bounded concurrency and none starved;
+//! Load: 200 ImageBuilds applied at once complete with bounded concurrency and none starved,
+//! reading the shared registry Secrets once rather than per build;
 //! the controller's peak memory and the API request rate are reported (about 30 s; part of
 //! `bash tests/test.sh`; `cargo test --test load -- --nocapture` prints the figures).
 
@@ -204,6 +205,16 @@ fn two_hundred_imagebuilds_complete_with_bounded_concurrency() {
         peak / 1024,
         all / total.as_secs_f64(),
         2 * BUILDS,
+    );
+    // Every build uses the same two registry Secrets: they are read when they change, not per
+    // build (was four reads per build).
+    let secret_reads = delta
+        .get(&"GET secrets/".to_owned())
+        .copied()
+        .unwrap_or(0.0);
+    assert!(
+        secret_reads <= 20.0,
+        "{secret_reads} Secret reads for {BUILDS} builds"
     );
     assert!(controller.healthy());
 }
