@@ -12,60 +12,14 @@ use crate::layer::{Compression, LayerBlob, LayerCache, LayerError, LayerOptions}
 use crate::layout::LayoutError;
 use crate::oci::{BlobLocation, BuiltImage, Digest, InvalidPlatform, Platform};
 use crate::reference::{ImageRef, ReferenceError, RepositoryRef};
-use crate::registry::{
-    Credentials, Progress, RegistryClient, RegistryConfig, RegistryError, TrustConfig,
-};
+pub use crate::registry::{CaBundle, RegistryAccess};
+use crate::registry::{Progress, RegistryClient, RegistryError, canonical_host};
 
 /// Where the files come from.
 #[derive(Debug, Clone)]
 pub enum ContextSource {
     Files(Vec<ContextItem>),
     Directory(PathBuf),
-}
-
-/// PEM certificates to trust for a registry, and where they came from.
-#[derive(Clone)]
-pub struct CaBundle {
-    pub pem: Vec<u8>,
-    /// e.g. `Secret default/idpbuilder-cert key ca.crt` or `--ca-file ca.pem`.
-    pub source: String,
-}
-
-/// How to reach one registry host: where, what to trust, who to be.
-#[derive(Clone)]
-pub struct RegistryAccess {
-    pub host: String,
-    pub endpoint: Option<String>,
-    pub ca: Option<CaBundle>,
-    /// Sent to `host` only.
-    pub credentials: Option<Credentials>,
-    pub insecure: bool,
-}
-
-impl RegistryAccess {
-    /// Anonymous access over HTTPS with the system's trusted CAs.
-    pub fn anonymous(host: &str) -> Self {
-        Self {
-            host: host.to_owned(),
-            endpoint: None,
-            ca: None,
-            credentials: None,
-            insecure: false,
-        }
-    }
-
-    /// A client for this host.
-    pub fn client(&self) -> Result<RegistryClient, RegistryError> {
-        let mut config = RegistryConfig::new(&self.host);
-        config.endpoint = self.endpoint.clone();
-        config.credentials = self.credentials.clone();
-        config.trust = match (&self.ca, self.insecure) {
-            (_, true) => TrustConfig::insecure(),
-            (Some(ca), false) => TrustConfig::from_pem(&ca.pem, ca.source.clone())?,
-            (None, false) => TrustConfig::system(),
-        };
-        RegistryClient::new(config)
-    }
 }
 
 /// One build as the controller or the command line asks for it.
@@ -365,15 +319,17 @@ pub async fn delete_tags(
     Ok(())
 }
 
-/// The base image's registry: the target's access when it is the same host.
+/// The base image's registry: the target's access when it is the same host, else the access the
+/// caller resolved for it (its own credentials only), else anonymous.
 fn base_access(job: &BuildJob, host: &str) -> RegistryAccess {
-    if host == job.target.host {
+    let host = canonical_host(host);
+    if host == canonical_host(&job.target.host) {
         return job.target.clone();
     }
     job.base
         .clone()
-        .filter(|b| b.host == host)
-        .unwrap_or_else(|| RegistryAccess::anonymous(host))
+        .filter(|b| canonical_host(&b.host) == host)
+        .unwrap_or_else(|| RegistryAccess::anonymous(&host))
 }
 
 fn context_options(spec: &ImageBuildSpec, max_bytes: Option<u64>) -> ContextOptions {

@@ -16,7 +16,7 @@ use crate::controller::error::Error as ControllerError;
 use crate::layer::LayerCache;
 use crate::oci::BlobLocation;
 use crate::reference::{ImageRef, RepositoryRef};
-use crate::registry::Credentials;
+use crate::registry::{CredentialPolicy, Credentials, GivenCredentials, canonical_host};
 
 /// Exit codes, one per kind of failure, so scripts can tell them apart.
 pub mod exit {
@@ -100,73 +100,101 @@ pub struct RegistryFlags {
 }
 
 impl RegistryFlags {
-    /// Registry access for `host`: from the cluster's Secrets, then overridden by flags.
-    pub async fn access(&self, host: &str) -> Result<RegistryAccess, Failure> {
-        let mut access = if self.from_cluster {
-            from_cluster(host).await?
-        } else {
-            RegistryAccess {
-                host: host.to_owned(),
-                endpoint: None,
-                ca: None,
-                credentials: None,
-                insecure: false,
-            }
-        };
-        if let Some(path) = &self.ca_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                Failure::input(format!("cannot read --ca-file {}: {e}", path.display()))
-            })?;
-            access.ca = Some(CaBundle {
-                pem,
-                source: format!("--ca-file {}", path.display()),
-            });
-        }
-        if let Some(username) = &self.username {
-            access.credentials = Some(Credentials {
+    /// The registries of a command whose target (where it pushes, or what it reads) is on
+    /// `target_host`: `--username` is for that host alone, `--from-cluster` reads the cluster's
+    /// profile for that host alone, and `--ca-file` / `--insecure` apply to every host.
+    pub async fn registries(&self, target_host: &str) -> Result<Registries, Failure> {
+        let given = match (&self.username, self.password_stdin) {
+            (Some(username), _) => Some(GivenCredentials::ForTarget(Credentials {
                 username: username.clone(),
-                password: self.read_password()?,
+                password: read_password(self.password_stdin)?,
                 source: "--username/--password-stdin".into(),
-            });
-        } else if self.password_stdin {
-            return Err(Failure::input("--password-stdin needs --username"));
-        }
-        access.insecure |= self.insecure;
+            })),
+            (None, true) => return Err(Failure::input("--password-stdin needs --username")),
+            (None, false) => None,
+        };
+        let ca = match &self.ca_file {
+            Some(path) => Some(CaBundle {
+                pem: std::fs::read(path).map_err(|e| {
+                    Failure::input(format!("cannot read --ca-file {}: {e}", path.display()))
+                })?,
+                source: format!("--ca-file {}", path.display()),
+            }),
+            None => None,
+        };
+        let profile = match self.from_cluster {
+            true => Some(from_cluster(target_host).await?),
+            false => None,
+        };
+        Ok(Registries {
+            policy: CredentialPolicy::new(target_host, given),
+            ca,
+            insecure: self.insecure,
+            profile,
+        })
+    }
+
+    /// Access for the one host of a command that talks to a single registry.
+    pub async fn access(&self, host: &str) -> Result<RegistryAccess, Failure> {
+        self.registries(host).await?.access(host)
+    }
+}
+
+/// The registries a command may talk to, under the access policy of its target.
+pub struct Registries {
+    policy: CredentialPolicy,
+    /// `--ca-file`: a CA is not a secret, so it is trusted for every host.
+    ca: Option<CaBundle>,
+    insecure: bool,
+    /// What `--from-cluster` read for the target host.
+    profile: Option<RegistryAccess>,
+}
+
+impl Registries {
+    /// Access for `host`: the target's, or a base image's on another host.
+    pub fn access(&self, host: &str) -> Result<RegistryAccess, Failure> {
+        let profile = self
+            .profile
+            .as_ref()
+            .filter(|p| canonical_host(&p.host) == canonical_host(host));
+        let credentials = self
+            .policy
+            .credentials_for(host, profile.and_then(|p| p.credentials.as_ref()))
+            .map_err(|e| Failure::input(e.to_string()))?;
+        let access = RegistryAccess {
+            host: host.to_owned(),
+            endpoint: None,
+            ca: self
+                .ca
+                .clone()
+                .or_else(|| profile.and_then(|p| p.ca.clone())),
+            credentials,
+            insecure: self.insecure || profile.is_some_and(|p| p.insecure),
+        };
         if access.insecure {
             eprintln!("imagebuild: warning: TLS verification is OFF for {host} (--insecure)");
         }
         Ok(access)
     }
+}
 
-    /// Access for a base image on another host: the CA flags apply (a CA is not a secret), the
-    /// credentials do not (they belong to the target host); `--from-cluster` profiles do.
-    pub async fn base_access(&self, host: &str) -> Result<RegistryAccess, Failure> {
-        let flags = Self {
-            username: None,
-            password_stdin: false,
-            ..self.clone()
-        };
-        flags.access(host).await
+fn read_password(password_stdin: bool) -> Result<String, Failure> {
+    if !password_stdin {
+        return Err(Failure::input(
+            "--username needs --password-stdin (the password is read from standard input)",
+        ));
     }
-
-    fn read_password(&self) -> Result<String, Failure> {
-        if !self.password_stdin {
-            return Err(Failure::input(
-                "--username needs --password-stdin (the password is read from standard input)",
-            ));
-        }
-        let mut password = String::new();
-        std::io::stdin()
-            .read_to_string(&mut password)
-            .map_err(|e| {
-                Failure::input(format!("cannot read the password from standard input: {e}"))
-            })?;
-        let password = password.trim_end_matches(['\r', '\n']).to_owned();
-        if password.is_empty() {
-            return Err(Failure::input("--password-stdin: standard input was empty"));
-        }
-        Ok(password)
+    let mut password = String::new();
+    std::io::stdin()
+        .read_to_string(&mut password)
+        .map_err(|e| {
+            Failure::input(format!("cannot read the password from standard input: {e}"))
+        })?;
+    let password = password.trim_end_matches(['\r', '\n']).to_owned();
+    if password.is_empty() {
+        return Err(Failure::input("--password-stdin: standard input was empty"));
     }
+    Ok(password)
 }
 
 /// CA and credentials for `host` from the current kube context's Secrets (registry profiles'
@@ -307,16 +335,24 @@ pub async fn build(request: BuildRequest, flags: &RegistryFlags) -> Result<(), F
     let file = read_build_file(&request.file)?;
     let source = file.context(request.context.as_deref())?;
     let spec = file.image_build.spec;
-    let target_host = host_of(&spec.image);
-    let needs_registry = request.push || spec.from.is_some();
-    let target = if needs_registry {
-        flags.access(&target_host).await?
-    } else {
-        RegistryAccess::anonymous(&target_host)
+    let target_host = RepositoryRef::parse(&spec.image)
+        .map_err(BuildError::from)?
+        .registry;
+    let base_host = match spec.from.as_deref() {
+        Some(from) => Some(ImageRef::parse(from).map_err(BuildError::from)?.registry),
+        None => None,
     };
-    let base = match spec.from.as_deref().map(host_of) {
-        Some(host) if host != target_host => Some(flags.base_access(&host).await?),
-        _ => None,
+    let (target, base) = if request.push || base_host.is_some() {
+        let registries = flags.registries(&target_host).await?;
+        let base = match base_host {
+            Some(host) if canonical_host(&host) != canonical_host(&target_host) => {
+                Some(registries.access(&host)?)
+            }
+            _ => None,
+        };
+        (registries.access(&target_host)?, base)
+    } else {
+        (RegistryAccess::anonymous(&target_host), None)
     };
     let scratch = tempfile::tempdir().map_err(BuildError::WorkDir)?;
     let work_dir = match &request.output {
@@ -460,10 +496,6 @@ fn split_layout_arg(arg: &str) -> (&str, Option<&str>) {
         Some((dir, tag)) if !tag.contains('/') => (dir, Some(tag)),
         _ => (arg, None),
     }
-}
-
-fn host_of(reference: &str) -> String {
-    crate::controller::inputs::host_of(reference)
 }
 
 /// `SOURCE_DATE_EPOCH` from the environment, as reproducible-builds.org defines it.

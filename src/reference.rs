@@ -9,6 +9,9 @@ use crate::oci::Digest;
 /// The registry of references that name no host, as Docker does (`alpine` is `docker.io/library/alpine`).
 pub const DEFAULT_REGISTRY: &str = "docker.io";
 
+/// The Hub's older name, which Docker rewrites to [`DEFAULT_REGISTRY`] in references.
+const LEGACY_DEFAULT_REGISTRY: &str = "index.docker.io";
+
 /// Tag used when a reference names neither a tag nor a digest.
 pub const DEFAULT_TAG: &str = "latest";
 
@@ -197,9 +200,21 @@ impl RepositoryRef {
                 });
             }
             Some(_) => (DEFAULT_REGISTRY.to_owned(), name.to_owned()),
-            None => (DEFAULT_REGISTRY.to_owned(), format!("library/{name}")),
+            None => (DEFAULT_REGISTRY.to_owned(), name.to_owned()),
         };
         validate_host(whole, &registry)?;
+        // Docker's normalisation: the Hub's legacy name is `docker.io`, and its official images
+        // live under `library/` (`docker.io/alpine` is `docker.io/library/alpine`).
+        let registry = if registry.eq_ignore_ascii_case(LEGACY_DEFAULT_REGISTRY) {
+            DEFAULT_REGISTRY.to_owned()
+        } else {
+            registry
+        };
+        let path = if registry == DEFAULT_REGISTRY && !path.contains('/') {
+            format!("library/{path}")
+        } else {
+            path
+        };
         validate_repository(&path)?;
         if registry.len() + 1 + path.len() > MAX_NAME_LEN {
             return Err(ReferenceError::NameTooLong {
@@ -439,6 +454,20 @@ mod tests {
                 "docker.io",
                 "bitnami/nginx",
                 Some("1"),
+                None,
+            ),
+            (
+                "docker.io/alpine:3",
+                "docker.io",
+                "library/alpine",
+                Some("3"),
+                None,
+            ),
+            (
+                "index.docker.io/library/nginx:1.27",
+                "docker.io",
+                "library/nginx",
+                Some("1.27"),
                 None,
             ),
             (

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::registry::canonical_host;
+
 /// idpbuilder's registry host, used when no configuration file is given.
 pub const IDPBUILDER_HOST: &str = "gitea.cnoe.localtest.me:8443";
 
@@ -129,9 +131,13 @@ impl ControllerConfig {
         config
     }
 
-    /// The profile for a registry host, if any.
+    /// The profile for a registry host, if any (hosts compared as Docker does: `index.docker.io`
+    /// is `docker.io`, case does not matter).
     pub fn profile(&self, host: &str) -> Option<&RegistryProfile> {
-        self.registries.iter().find(|p| p.host == host)
+        let host = canonical_host(host);
+        self.registries
+            .iter()
+            .find(|p| canonical_host(&p.host) == host)
     }
 
     pub fn default_timeout(&self) -> Duration {

@@ -2,6 +2,7 @@
 //! reason and metric label, and whether trying again without a change can help.
 
 use crate::build::BuildError;
+use crate::registry::AccessError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -98,6 +99,9 @@ pub enum Error {
     Timeout { after: String },
 
     #[error(transparent)]
+    Access(#[from] AccessError),
+
+    #[error(transparent)]
     Build(#[from] BuildError),
 
     #[error("Kubernetes API request failed: {0}")]
@@ -111,7 +115,7 @@ impl Error {
             Self::ConfigMapNotFound { .. } => "ConfigMapNotFound",
             Self::ConfigMapKeyMissing { .. } => "ConfigMapKeyMissing",
             Self::SecretNotFound { .. } => "SecretNotFound",
-            Self::SecretKeyMissing { .. } => "SecretInvalid",
+            Self::SecretKeyMissing { .. } | Self::Access(_) => "SecretInvalid",
             Self::InvalidSpec { .. } => "InvalidSpec",
             Self::PvcUnsupported => "PvcUnsupported",
             Self::ClaimNotFound { .. } => "ClaimNotFound",

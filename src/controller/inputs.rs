@@ -12,10 +12,14 @@ use super::config::{ControllerConfig, RegistryProfile};
 use super::error::Error;
 use super::secrets::SecretCache;
 use crate::api::{ImageBuild, PvcSource, REBUILD_ANNOTATION};
-use crate::build::{CaBundle, RegistryAccess};
+use crate::build::BuildError;
 use crate::context::ContextItem;
 use crate::oci::Sha256;
-use crate::registry::Credentials;
+use crate::reference::{ImageRef, RepositoryRef};
+use crate::registry::{
+    CaBundle, CredentialChoice, CredentialPolicy, Credentials, DockerConfig, GivenCredentials,
+    RegistryAccess,
+};
 
 /// Where the files of a build are, once resolved.
 #[derive(Debug, Clone)]
@@ -89,11 +93,27 @@ pub async fn resolve(
             });
         }
     };
-    let target_host = host_of(&spec.image);
-    let target = access_for(ib, &target_host, client, secrets, config, &mut digest).await?;
-    let base = match spec.from.as_deref().map(host_of) {
-        Some(host) if host != target_host => {
-            Some(access_for(ib, &host, client, secrets, config, &mut digest).await?)
+    let target_host = RepositoryRef::parse(&spec.image)
+        .map_err(BuildError::from)?
+        .registry;
+    let base_host = match spec.from.as_deref() {
+        Some(from) => Some(ImageRef::parse(from).map_err(BuildError::from)?.registry),
+        None => None,
+    };
+    let policy = credential_policy(ib, &target_host, client, secrets, &mut digest).await?;
+    let target = access_for(
+        ib,
+        &target_host,
+        &policy,
+        client,
+        secrets,
+        config,
+        &mut digest,
+    )
+    .await?;
+    let base = match base_host {
+        Some(host) if !policy.is_target(&host) => {
+            Some(access_for(ib, &host, &policy, client, secrets, config, &mut digest).await?)
         }
         _ => None,
     };
@@ -114,20 +134,11 @@ pub async fn registry_access(
     secrets: &SecretCache,
 ) -> Result<RegistryAccess, Error> {
     let mut digest = InputsDigest::default();
-    access_for(
-        ib,
-        &host_of(&ib.spec.image),
-        client,
-        secrets,
-        config,
-        &mut digest,
-    )
-    .await
-}
-
-/// The registry host of an image reference (everything before the first `/`).
-pub fn host_of(reference: &str) -> String {
-    reference.split('/').next().unwrap_or_default().to_owned()
+    let host = RepositoryRef::parse(&ib.spec.image)
+        .map_err(BuildError::from)?
+        .registry;
+    let policy = credential_policy(ib, &host, client, secrets, &mut digest).await?;
+    access_for(ib, &host, &policy, client, secrets, config, &mut digest).await
 }
 
 /// The files an ImageBuild takes from one ConfigMap (`items`, or every key).
@@ -175,11 +186,47 @@ pub fn config_map_files(
     }
 }
 
-/// Registry access for `host`: the ImageBuild's own `spec.registry` Secrets (same namespace only)
-/// override the controller's profile for that host.
+/// The access policy of an ImageBuild: its target host and the credentials its own
+/// `spec.registry.credentialsSecret` gives (same namespace only).
+async fn credential_policy(
+    ib: &ImageBuild,
+    target_host: &str,
+    client: &Client,
+    secrets: &SecretCache,
+    digest: &mut InputsDigest,
+) -> Result<CredentialPolicy, Error> {
+    let Some(name) = ib
+        .spec
+        .registry
+        .as_ref()
+        .and_then(|s| s.credentials_secret.as_ref())
+    else {
+        return Ok(CredentialPolicy::new(target_host, None));
+    };
+    let namespace = ib.namespace().unwrap_or_default();
+    let secret = get_secret(
+        secrets,
+        client,
+        &namespace,
+        name,
+        "registry credentials",
+        "spec.registry.credentialsSecret",
+    )
+    .await?;
+    digest.add(
+        "credentials",
+        secret.resource_version().unwrap_or_default().as_bytes(),
+    );
+    let given = given_credentials(&secret, &namespace, name)?;
+    Ok(CredentialPolicy::new(target_host, Some(given)))
+}
+
+/// Registry access for `host`: the ImageBuild's own CA (same namespace only) overrides the
+/// controller's profile for that host; credentials are whatever the policy sends there.
 async fn access_for(
     ib: &ImageBuild,
     host: &str,
+    policy: &CredentialPolicy,
     client: &Client,
     secrets: &SecretCache,
     config: &ControllerConfig,
@@ -215,24 +262,13 @@ async fn access_for(
         access.ca = profile_ca(profile, client, secrets, digest).await?;
     }
 
-    if let Some(name) = settings.and_then(|s| s.credentials_secret.as_ref()) {
-        let secret = get_secret(
-            secrets,
-            client,
-            &namespace,
-            name,
-            "registry credentials",
-            "spec.registry.credentialsSecret",
-        )
-        .await?;
-        digest.add(
-            "credentials",
-            secret.resource_version().unwrap_or_default().as_bytes(),
-        );
-        access.credentials = Some(credentials_from(&secret, &namespace, name, host)?);
-    } else if let Some(profile) = profile {
-        access.credentials = profile_credentials(profile, client, secrets, digest).await?;
-    }
+    access.credentials = match (policy.choose(host)?, profile) {
+        (CredentialChoice::Given(credentials), _) => Some(credentials),
+        (CredentialChoice::Profile, Some(profile)) => {
+            profile_credentials(profile, client, secrets, digest).await?
+        }
+        (CredentialChoice::Profile, None) => None,
+    };
     Ok(access)
 }
 
@@ -370,68 +406,33 @@ fn ca_from(secret: &Secret, namespace: &str, name: &str, key: &str) -> Result<Ca
     })
 }
 
-/// Credentials from a dockerconfigjson, basic-auth or plain Secret, for `host` only.
-fn credentials_from(
+/// What an ImageBuild's own credentials Secret gives: a dockerconfigjson is read per host, a
+/// user name and password (basic-auth or plain Secret) are for the target host only.
+fn given_credentials(
     secret: &Secret,
     namespace: &str,
     name: &str,
-    host: &str,
-) -> Result<Credentials, Error> {
+) -> Result<GivenCredentials, Error> {
     let source = format!("Secret {namespace}/{name}");
-    let invalid = |key: &str, hint: String| Error::SecretKeyMissing {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        purpose: "registry credentials",
-        key: key.to_owned(),
-        hint,
-    };
     if let Some(json) = secret_value(secret, ".dockerconfigjson") {
-        let (username, password) = docker_config_auth(&json, host).ok_or_else(|| {
-            invalid(
-                ".dockerconfigjson",
-                format!("it has no auths entry with a username and password for {host}"),
-            )
-        })?;
-        return Ok(Credentials {
-            username,
-            password,
-            source,
-        });
+        return Ok(GivenCredentials::PerHost(DockerConfig::parse(
+            &json, &source,
+        )?));
     }
     match (secret_value(secret, "username"), secret_value(secret, "password")) {
-        (Some(username), Some(password)) => Ok(Credentials {
+        (Some(username), Some(password)) => Ok(GivenCredentials::ForTarget(Credentials {
             username,
             password,
             source,
+        })),
+        _ => Err(Error::SecretKeyMissing {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            purpose: "registry credentials",
+            key: "username/password".to_owned(),
+            hint: "use a kubernetes.io/basic-auth Secret (username, password) or a kubernetes.io/dockerconfigjson Secret".into(),
         }),
-        _ => Err(invalid(
-            "username/password",
-            "use a kubernetes.io/basic-auth Secret (username, password) or a kubernetes.io/dockerconfigjson Secret".into(),
-        )),
     }
-}
-
-/// Finds `host` in a `.dockerconfigjson` (`auths.<host>` with username/password or `auth`).
-pub fn docker_config_auth(json: &str, host: &str) -> Option<(String, String)> {
-    use base64::Engine;
-    let value: serde_json::Value = serde_json::from_str(json).ok()?;
-    let auths = value.get("auths")?.as_object()?;
-    let entry = auths.iter().find_map(|(key, entry)| {
-        let key = key
-            .trim_start_matches("https://")
-            .trim_start_matches("http://");
-        (key.trim_end_matches('/') == host).then_some(entry)
-    })?;
-    let field = |k: &str| entry.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-    if let (Some(u), Some(p)) = (field("username"), field("password")) {
-        return Some((u, p));
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(field("auth")?)
-        .ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (u, p) = text.split_once(':')?;
-    Some((u.to_owned(), p.to_owned()))
 }
 
 /// Incremental hash of labelled inputs; labels and lengths are framed so that moving bytes
@@ -448,29 +449,5 @@ impl InputsDigest {
     }
     fn finish(self) -> String {
         self.0.finish().to_string()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dockerconfigjson_auth_field_is_decoded_for_the_matching_host_only() {
-        // "user:p:a@ss" in base64: the password keeps its colons.
-        let json = r#"{"auths":{"https://reg.example:8443":{"auth":"dXNlcjpwOmFAc3M="}}}"#;
-        assert_eq!(
-            docker_config_auth(json, "reg.example:8443"),
-            Some(("user".into(), "p:a@ss".into()))
-        );
-        assert_eq!(docker_config_auth(json, "other.example"), None);
-    }
-
-    #[test]
-    fn host_is_the_first_path_component() {
-        assert_eq!(
-            host_of("gitea.cnoe.localtest.me:8443/giteaadmin/app"),
-            "gitea.cnoe.localtest.me:8443"
-        );
     }
 }

@@ -30,6 +30,8 @@ use tokio::sync::Semaphore;
 
 use crate::api::ImageBuild;
 use crate::metrics::Metrics;
+use crate::reference::ImageRef;
+use crate::registry::canonical_host;
 use crate::server::{self, Health};
 use config::{ConfigError, ControllerConfig};
 use leader::{Elector, LeaseSettings};
@@ -267,7 +269,7 @@ fn users_of_secret(
     namespace: &str,
     name: &str,
 ) -> Vec<ObjectRef<ImageBuild>> {
-    let profile_hosts: Vec<&str> = config
+    let profile_hosts: Vec<String> = config
         .registries
         .iter()
         .filter(|p| {
@@ -281,7 +283,7 @@ fn users_of_secret(
                 .is_some_and(|s| s.namespace == namespace && s.name == name);
             ca || creds
         })
-        .map(|p| p.host.as_str())
+        .map(|p| canonical_host(&p.host))
         .collect();
     store
         .state()
@@ -292,11 +294,13 @@ fn users_of_secret(
                     r.credentials_secret.as_deref() == Some(name)
                         || r.ca_secret.as_ref().is_some_and(|c| c.name == name)
                 });
+            // Read the way builds read them, so `from: alpine` maps to a docker.io profile.
             let hosts = [Some(ib.spec.image.as_str()), ib.spec.from.as_deref()];
             let via_profile = hosts
                 .iter()
                 .flatten()
-                .any(|r| profile_hosts.contains(&inputs::host_of(r).as_str()));
+                .filter_map(|r| ImageRef::parse(r).ok())
+                .any(|r| profile_hosts.contains(&canonical_host(&r.registry)));
             own || via_profile
         })
         .map(|ib| ObjectRef::from_obj(ib.as_ref()))

@@ -5,6 +5,7 @@
 //! caller (the CLI reads files and flags, the controller reads Secrets); nothing here knows
 //! Kubernetes.
 
+pub mod access;
 mod auth;
 mod blob;
 mod client;
@@ -24,6 +25,10 @@ mod testserver;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use access::{
+    AccessError, CaBundle, CredentialChoice, CredentialPolicy, DockerConfig, GivenCredentials,
+    RegistryAccess, canonical_host,
+};
 pub use auth::Credentials;
 pub use blob::{BlobStream, PushedBlob};
 pub use client::RegistryClient;
