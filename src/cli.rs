@@ -563,3 +563,75 @@ fn finish_progress() {
         eprintln!();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster_profile(host: &str) -> RegistryAccess {
+        RegistryAccess {
+            host: host.to_owned(),
+            endpoint: None,
+            ca: Some(CaBundle {
+                pem: b"profile ca".to_vec(),
+                source: "Secret default/idpbuilder-cert key ca.crt".into(),
+            }),
+            credentials: Some(Credentials::new(
+                "giteaAdmin",
+                "gitea-pw",
+                "Secret gitea/gitea-credential",
+            )),
+            insecure: false,
+        }
+    }
+
+    #[test]
+    fn from_cluster_credentials_and_ca_serve_the_target_host_alone() {
+        let registries = Registries {
+            policy: CredentialPolicy::new("gitea.example:8443", None),
+            ca: None,
+            insecure: false,
+            profile: Some(cluster_profile("gitea.example:8443")),
+        };
+        let target = registries.access("gitea.example:8443").expect("target");
+        assert_eq!(
+            target.credentials.map(|c| c.password).as_deref(),
+            Some("gitea-pw")
+        );
+        assert!(target.ca.is_some());
+        let base = registries.access("docker.io").expect("base");
+        assert!(base.credentials.is_none(), "the base's host gets nothing");
+        assert!(
+            base.ca.is_none(),
+            "the base's host is trusted by the system's CAs"
+        );
+    }
+
+    #[test]
+    fn a_ca_file_is_trusted_for_every_host_and_a_username_for_the_target_only() {
+        let given = Credentials::new("me", "my-pw", "--username/--password-stdin");
+        let registries = Registries {
+            policy: CredentialPolicy::new(
+                "gitea.example:8443",
+                Some(GivenCredentials::ForTarget(given)),
+            ),
+            ca: Some(CaBundle {
+                pem: b"file ca".to_vec(),
+                source: "--ca-file ca.pem".into(),
+            }),
+            insecure: false,
+            profile: None,
+        };
+        let base = registries.access("mirror.example").expect("base");
+        assert!(base.credentials.is_none());
+        assert_eq!(
+            base.ca.map(|c| c.source).as_deref(),
+            Some("--ca-file ca.pem")
+        );
+        let target = registries.access("gitea.example:8443").expect("target");
+        assert_eq!(
+            target.credentials.map(|c| c.password).as_deref(),
+            Some("my-pw")
+        );
+    }
+}

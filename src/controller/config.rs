@@ -237,6 +237,17 @@ mod tests {
     }
 
     #[test]
+    fn profiles_match_hosts_as_docker_names_them() {
+        let mut config = ControllerConfig::idpbuilder_for("index.docker.io");
+        assert!(config.profile("docker.io").is_some());
+        assert!(config.profile("registry-1.docker.io").is_some());
+        assert!(config.profile("ghcr.io").is_none());
+        config.registries[0].host = "Gitea.Example:8443".into();
+        assert!(config.profile("gitea.example:8443").is_some());
+        assert!(config.profile("gitea.example").is_none(), "another port");
+    }
+
+    #[test]
     fn unknown_fields_in_a_profile_are_refused() {
         let err = serde_yaml::from_str::<ControllerConfig>("registries: [{host: a, cert: b}]")
             .expect_err("unknown field");

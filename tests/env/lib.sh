@@ -230,10 +230,11 @@ make_leaf() {
 }
 
 # ---------------------------------------------------------------------------
-# The certificates name gitea.cnoe.localtest.me and registry.imagebuild.test;
-# both must resolve to loopback on this machine.
+# The certificates name gitea.cnoe.localtest.me and registry.imagebuild.test (and the
+# credential tests serve mirror.imagebuild.test and auth.imagebuild.test);
+# all must resolve to loopback on this machine.
 ensure_hosts_entry() {
-	local names=(gitea.cnoe.localtest.me cnoe.localtest.me registry.imagebuild.test) n missing=()
+	local names=(gitea.cnoe.localtest.me cnoe.localtest.me registry.imagebuild.test mirror.imagebuild.test auth.imagebuild.test) n missing=()
 	for n in "${names[@]}"; do
 		[[ "$(getent ahostsv4 "$n" 2>/dev/null | awk 'NR == 1 { print $1 }')" == 127.0.0.1 ]] || missing+=("$n")
 	done
