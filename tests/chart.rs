@@ -92,6 +92,7 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Value {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn crd_copies_match_what_the_binary_generates() {
     let out = common::output(Command::new(env!("CARGO_BIN_EXE_imagebuild")).arg("crd"));
     assert!(out.status.success(), "imagebuild crd failed");
@@ -109,6 +110,7 @@ fn crd_copies_match_what_the_binary_generates() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn helm_lint_strict_passes() {
     let out = common::output(helm().args(["lint", "--strict"]).arg(chart_dir()));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -121,6 +123,7 @@ fn helm_lint_strict_passes() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn controller_pod_meets_the_restricted_pod_security_level() {
     let objects = render(&[]);
     let pod = &the(&objects, "Deployment")["spec"]["template"]["spec"];
@@ -140,6 +143,7 @@ fn controller_pod_meets_the_restricted_pod_security_level() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn cluster_role_grants_exactly_the_verbs_the_controller_uses() {
     let objects = render(&[]);
     let rules = &the(&objects, "ClusterRole")["rules"];
@@ -172,6 +176,7 @@ fn cluster_role_grants_exactly_the_verbs_the_controller_uses() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn cluster_role_grants_nothing_on_pods_without_pvc_contexts() {
     let objects = render(&["--set", "pvcContexts.enabled=false"]);
     let rules = the(&objects, "ClusterRole")["rules"]
@@ -191,6 +196,7 @@ fn cluster_role_grants_nothing_on_pods_without_pvc_contexts() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn controller_receives_pvc_contexts_on_its_own_pod_address_with_its_own_image_as_reader() {
     let digest = format!("sha256:{}", "ab".repeat(32));
     let objects = render(&["--set", &format!("image.digest={digest}")]);
@@ -225,6 +231,7 @@ fn controller_receives_pvc_contexts_on_its_own_pod_address_with_its_own_image_as
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn without_pvc_contexts_the_controller_gets_no_reader_flags() {
     let objects = render(&["--set", "pvcContexts.enabled=false"]);
     let args = args(&objects);
@@ -237,6 +244,7 @@ fn without_pvc_contexts_the_controller_gets_no_reader_flags() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn cluster_role_is_bound_to_the_controller_service_account() {
     let objects = render(&[]);
     let binding = the(&objects, "ClusterRoleBinding");
@@ -256,6 +264,7 @@ fn cluster_role_is_bound_to_the_controller_service_account() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn leader_election_role_grants_only_its_lease_in_the_release_namespace() {
     let objects = render(&[]);
     let role = the(&objects, "Role");
@@ -279,6 +288,7 @@ fn leader_election_role_grants_only_its_lease_in_the_release_namespace() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn leader_election_runs_with_the_lease_the_role_names() {
     let args = args(&render(&[]));
     assert!(args.contains(&"--leader-elect".to_owned()), "{args:?}");
@@ -293,6 +303,7 @@ fn leader_election_runs_with_the_lease_the_role_names() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn leader_election_is_forced_on_with_two_replicas() {
     let objects = render(&[
         "--set",
@@ -306,6 +317,7 @@ fn leader_election_is_forced_on_with_two_replicas() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn leader_election_can_be_turned_off_with_one_replica() {
     let objects = render(&["--set", "leaderElection.enabled=false"]);
     assert!(!args(&objects).contains(&"--leader-elect".to_owned()));
@@ -313,6 +325,7 @@ fn leader_election_can_be_turned_off_with_one_replica() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn deployment_runs_the_controller_with_config_listen_address_and_work_dir() {
     let objects = render(&["--set", "concurrency=7"]);
     let args = args(&objects);
@@ -345,6 +358,7 @@ fn deployment_runs_the_controller_with_config_listen_address_and_work_dir() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn deployment_passes_pod_identity_log_settings_and_tmpdir_as_env() {
     let objects = render(&["--set", "logLevel=debug", "--set", "logFormat=text"]);
     let env = controller_container(&objects)["env"].clone();
@@ -370,6 +384,7 @@ fn deployment_passes_pod_identity_log_settings_and_tmpdir_as_env() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn probes_check_health_and_readiness_on_the_http_port() {
     let objects = render(&[]);
     let container = controller_container(&objects);
@@ -388,6 +403,7 @@ fn probes_check_health_and_readiness_on_the_http_port() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn config_map_holds_the_idpbuilder_registry_profile_by_default() {
     let objects = render(&[]);
     let config_map = the(&objects, "ConfigMap");
@@ -419,6 +435,7 @@ fn config_map_holds_the_idpbuilder_registry_profile_by_default() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn rendered_config_is_accepted_by_the_controller() {
     let objects = render(&[]);
     let text = the(&objects, "ConfigMap")["data"]["config.yaml"]
@@ -439,6 +456,7 @@ fn rendered_config_is_accepted_by_the_controller() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn a_config_change_rolls_the_controller_pods() {
     let checksum = |objects: &[Value]| {
         the(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
@@ -453,6 +471,7 @@ fn a_config_change_rolls_the_controller_pods() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn malformed_registry_profile_is_refused_naming_the_field() {
     // The CA Secret lacks its name: the controller could not find it.
     let values = values_file(
@@ -471,6 +490,7 @@ fn malformed_registry_profile_is_refused_naming_the_field() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn registry_host_with_a_scheme_is_refused() {
     let values = values_file("registries:\n  - host: https://registry.example\n");
     let out = helm_template(&["-f", values.path().to_str().expect("UTF-8 path")]);
@@ -483,6 +503,7 @@ fn registry_host_with_a_scheme_is_refused() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn misspelt_value_is_refused() {
     let out = helm_template(&["--set", "replicaCont=2"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -491,6 +512,7 @@ fn misspelt_value_is_refused() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn service_exposes_metrics_port() {
     let objects = render(&[]);
     let service = the(&objects, "Service");
@@ -501,6 +523,7 @@ fn service_exposes_metrics_port() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn service_monitor_is_rendered_only_when_enabled() {
     assert!(!kinds(&render(&[])).contains(&"ServiceMonitor".to_owned()));
     let objects = render(&[
@@ -522,6 +545,7 @@ fn service_monitor_is_rendered_only_when_enabled() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn rendered_chart_is_accepted_by_the_api_server_in_a_restricted_namespace() {
     let env = common::env();
     // Pod Security admission enforces, and warns about, the restricted level in this namespace;
@@ -547,6 +571,7 @@ fn rendered_chart_is_accepted_by_the_api_server_in_a_restricted_namespace() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn install_notes_say_how_to_apply_an_example_and_watch_it() {
     let mut install = helm();
     install.args(["install", RELEASE]).arg(chart_dir()).args([

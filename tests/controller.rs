@@ -45,6 +45,7 @@ fn start() -> std::sync::MutexGuard<'static, ctl::ControllerProcess> {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn a_configmap_build_becomes_ready_with_the_digest_gitea_serves_and_the_files_inside() {
     let env = common::env();
     drop(start());
@@ -91,6 +92,7 @@ fn a_configmap_build_becomes_ready_with_the_digest_gitea_serves_and_the_files_in
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn editing_the_configmap_rebuilds_and_unchanged_inputs_upload_nothing() {
     let env = common::env();
     drop(start());
@@ -146,6 +148,7 @@ fn editing_the_configmap_rebuilds_and_unchanged_inputs_upload_nothing() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn deletion_policy_delete_removes_the_tags_from_gitea() {
     let env = common::env();
     drop(start());
@@ -180,6 +183,7 @@ fn deletion_policy_delete_removes_the_tags_from_gitea() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn invalid_specs_are_refused_by_the_api_server_with_a_readable_message() {
     let env = common::env();
     let ns = ctl::namespace("e2e-invalid");
@@ -238,6 +242,7 @@ fn expect_failure(ns: &str, name: &str, manifests: &str) -> (String, String) {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn a_missing_configmap_fails_with_a_reason_that_names_it() {
     let env = common::env();
     drop(start());
@@ -255,6 +260,7 @@ fn a_missing_configmap_fails_with_a_reason_that_names_it() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn a_missing_credentials_secret_fails_with_a_reason_that_names_it() {
     let env = common::env();
     drop(start());
@@ -277,6 +283,7 @@ fn a_missing_credentials_secret_fails_with_a_reason_that_names_it() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn the_secret_of_another_namespace_is_never_used() {
     // Same name as the idpbuilder credentials Secret, but in the ImageBuild's namespace: absent.
     let env = common::env();
@@ -299,6 +306,7 @@ fn the_secret_of_another_namespace_is_never_used() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn an_unknown_owner_fails_with_owner_not_found() {
     let env = common::env();
     drop(start());
@@ -311,6 +319,7 @@ fn an_unknown_owner_fails_with_owner_not_found() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn a_wrong_password_fails_with_unauthorized_naming_the_secret() {
     let env = common::env();
     drop(start());
@@ -360,6 +369,7 @@ fn a_wrong_password_fails_with_unauthorized_naming_the_secret() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn metrics_count_builds_and_readyz_answers() {
     drop(start());
     let controller = start();
@@ -383,6 +393,7 @@ fn example_in(path: &str, ns: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn the_hello_site_example_builds_in_the_cluster_to_the_digest_of_a_local_build() {
     let env = common::env();
     drop(start());
@@ -411,6 +422,7 @@ fn the_hello_site_example_builds_in_the_cluster_to_the_digest_of_a_local_build()
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn the_app_on_base_example_builds_on_its_base_image() {
     let env = common::env();
     drop(start());
@@ -459,6 +471,7 @@ fn the_app_on_base_example_builds_on_its_base_image() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn a_build_over_its_timeout_fails_with_reason_timeout_and_is_retried_later() {
     let env = common::env();
     drop(start());
@@ -476,6 +489,7 @@ fn a_build_over_its_timeout_fails_with_reason_timeout_and_is_retried_later() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn a_permanent_failure_is_not_retried_until_the_inputs_change() {
     let env = common::env();
     drop(start());
@@ -510,6 +524,7 @@ fn a_permanent_failure_is_not_retried_until_the_inputs_change() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn creating_a_missing_configmap_triggers_the_build() {
     let env = common::env();
     drop(start());

@@ -137,6 +137,7 @@ fn assert_no_gitea_password(env: &TestEnv, seen: &[Seen]) {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn a_basic_auth_secret_is_not_sent_to_a_base_image_on_another_host() {
     let env = common::env();
     start_controller();
@@ -160,6 +161,7 @@ fn a_basic_auth_secret_is_not_sent_to_a_base_image_on_another_host() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn a_dockerconfigjson_sends_each_host_its_own_entry() {
     let env = common::env();
     start_controller();
@@ -191,6 +193,7 @@ fn a_dockerconfigjson_sends_each_host_its_own_entry() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn a_dockerconfigjson_without_an_entry_for_the_base_host_pulls_it_anonymously() {
     let env = common::env();
     start_controller();
@@ -209,6 +212,7 @@ fn a_dockerconfigjson_without_an_entry_for_the_base_host_pulls_it_anonymously() 
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn a_dockerconfigjson_without_an_entry_for_the_target_fails_naming_the_hosts_it_holds() {
     let env = common::env();
     start_controller();
@@ -248,6 +252,7 @@ fn a_dockerconfigjson_without_an_entry_for_the_target_fails_naming_the_hosts_it_
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn profile_credentials_stay_with_the_profiles_host() {
     let env = common::env();
     start_controller();
@@ -266,6 +271,7 @@ fn profile_credentials_stay_with_the_profiles_host() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn a_token_realm_on_a_foreign_host_is_asked_without_credentials() {
     let env = common::env();
     start_controller();
@@ -366,6 +372,7 @@ fn cli_push(
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn cli_username_is_sent_to_the_target_only() {
     let env = common::env();
     let stand_in = RecordingRegistry::start(Mode::Anonymous);
@@ -381,6 +388,7 @@ fn cli_username_is_sent_to_the_target_only() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn cli_from_cluster_credentials_are_sent_to_the_target_only() {
     let env = common::env();
     let stand_in = RecordingRegistry::start(Mode::Anonymous);

@@ -40,6 +40,7 @@ spec:
 const POD_TIMEOUT: Duration = Duration::from_secs(180);
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn node_is_ready_with_the_pinned_kubelet_and_containerd() {
     let node = node();
     let env = node.env;
@@ -105,6 +106,7 @@ fn node_is_ready_with_the_pinned_kubelet_and_containerd() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn restricted_pod_runs_the_busybox_image_from_gitea() {
     let node = node();
     let ns = Namespace::restricted("node-pod");
@@ -130,6 +132,7 @@ fn restricted_pod_runs_the_busybox_image_from_gitea() {
 /// certificate with Gitea's own certificate as the only root, as the
 /// controller will.
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn pods_resolve_gitea_and_reach_it_with_its_certificate() {
     let node = node();
     let ns = Namespace::restricted("node-gitea");
@@ -196,6 +199,7 @@ spec:
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn pvc_binds_a_job_fills_it_and_a_second_pod_reads_it_back() {
     let node = node();
     let ns = Namespace::restricted("node-pvc");
@@ -291,6 +295,7 @@ spec:
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn read_write_many_claim_is_shared_by_two_running_pods() {
     let node = node();
     let ns = Namespace::restricted("node-rwx");
@@ -342,6 +347,7 @@ spec:
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn pod_reaches_the_api_server_through_the_kubernetes_service_with_its_token() {
     let node = node();
     let ns = Namespace::restricted("node-api");
@@ -424,6 +430,7 @@ spec:
 /// the EndpointSlice controller), from another Pod and from the serving Pod
 /// itself (hairpin).
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn cluster_ip_service_reaches_its_pod_from_another_pod_and_itself() {
     let node = node();
     let ns = Namespace::restricted("node-svc");

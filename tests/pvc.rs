@@ -427,6 +427,7 @@ fn local_layer(spec: &str, dir: &Path) -> String {
 // Tests
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn chart_controller_pod_is_running_and_ready_on_the_node() {
     let node = node();
     let _controller = controller();
@@ -459,6 +460,7 @@ fn chart_controller_pod_is_running_and_ready_on_the_node() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn image_built_from_a_claim_runs_in_a_deployment_and_shows_the_claims_files() {
     let case = case("pvc-run");
     case.claim_filled_by_job(
@@ -531,6 +533,7 @@ spec:
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn layer_from_a_claim_equals_the_layer_of_a_local_build_of_the_same_files() {
     let case = case("pvc-layer");
     case.claim_filled_by_job(
@@ -561,6 +564,7 @@ fn layer_from_a_claim_equals_the_layer_of_a_local_build_of_the_same_files() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn config_map_context_builds_with_the_controller_in_its_pod() {
     let case = case("pvc-cm");
     let image = case.node.env.gitea_image(&unique_name("cm"));
@@ -597,6 +601,7 @@ spec:
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn reader_pod_holds_no_credential_and_is_gone_after_success() {
     let case = case("pvc-cred");
     case.claim_filled_by_job("src", "mkdir -p /data/s && echo x > /data/s/x.txt");
@@ -633,6 +638,7 @@ fn reader_pod_holds_no_credential_and_is_gone_after_success() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn fifo_in_the_claim_fails_the_build_naming_it_and_the_reader_is_gone() {
     let case = case("pvc-fifo");
     case.claim_filled_by_job(
@@ -656,6 +662,7 @@ fn fifo_in_the_claim_fails_the_build_naming_it_and_the_reader_is_gone() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn symlink_leaving_the_claim_fails_the_build_naming_it() {
     let case = case("pvc-link");
     case.claim_filled_by_job(
@@ -677,6 +684,7 @@ fn symlink_leaving_the_claim_fails_the_build_naming_it() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn reader_pod_is_gone_after_the_build_times_out() {
     let case = case("pvc-timeout");
     case.large_claim("big");
@@ -697,6 +705,7 @@ fn reader_pod_is_gone_after_the_build_times_out() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn reader_pod_is_gone_after_its_image_build_is_deleted_mid_build() {
     let case = case("pvc-delete");
     case.large_claim("big");
@@ -714,6 +723,7 @@ fn reader_pod_is_gone_after_its_image_build_is_deleted_mid_build() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn missing_claim_fails_at_once_naming_it_without_a_reader() {
     let case = case("pvc-missing");
     let watch = ReaderWatch::start(&case.ns);
@@ -742,6 +752,7 @@ fn missing_claim_fails_at_once_naming_it_without_a_reader() {
 /// The claim's volume is bound to another node (as a ReadWriteOnce claim in use elsewhere is):
 /// the reader cannot be scheduled.
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn unschedulable_reader_fails_within_the_timeout_saying_why() {
     let case = case("pvc-pending");
     let pv = unique_name("pvc-elsewhere");
@@ -808,6 +819,7 @@ spec:
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn read_write_once_claim_in_use_by_a_running_pod_still_builds() {
     let case = case("pvc-rwo");
     case.claim_filled_by_job(

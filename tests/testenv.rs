@@ -17,6 +17,7 @@ fn stderr(out: &std::process::Output) -> String {
 // Kubernetes
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn kubectl_version_shows_pinned_server_and_client_version() {
     let env = env();
     let out = env.kubectl(&["version", "-o", "json"]);
@@ -36,6 +37,7 @@ fn kubectl_version_shows_pinned_server_and_client_version() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn cel_validation_rule_of_a_crd_refuses_a_bad_object() {
     let env = env();
     let group = format!("{}.testenv.imagebuild.dev", unique_name("cel"));
@@ -138,6 +140,7 @@ automountServiceAccountToken: false
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn restricted_pod_security_refuses_a_privileged_pod() {
     let env = env();
     let ns = restricted_namespace();
@@ -168,6 +171,7 @@ spec:
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn restricted_pod_security_admits_a_compliant_pod() {
     let env = env();
     let ns = restricted_namespace();
@@ -199,6 +203,7 @@ spec:
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn idpbuilder_secrets_are_mirrored_into_the_api_server() {
     let env = env();
     let get = |ns: &str, name: &str, key: &str| {
@@ -249,6 +254,7 @@ fn x509_text(pem: &Path, args: &[&str]) -> String {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn gitea_certificate_is_made_like_idpbuilders() {
     let env = env();
     let text = x509_text(&env.gitea_ca, &["-text"]);
@@ -298,6 +304,7 @@ fn gitea_certificate_is_made_like_idpbuilders() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn gitea_anonymous_v2_answers_401_with_bearer_challenge() {
     let env = env();
     // curl (OpenSSL) trusting only the generated certificate; no -k.
@@ -480,6 +487,7 @@ fn push_and_read_back(host: &str, repo: &str, ca: &Path, creds: &str) {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn skopeo_push_to_gitea_reads_back_the_same_manifest_and_blob() {
     let env = env();
     let repo = format!("{}/{}", env.gitea_owner, unique_name("testenv"));
@@ -487,6 +495,7 @@ fn skopeo_push_to_gitea_reads_back_the_same_manifest_and_blob() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn skopeo_push_to_second_registry_reads_back_the_same_manifest_and_blob() {
     let env = env();
     let repo = format!("testenv/{}", unique_name("push"));
@@ -502,6 +511,7 @@ fn skopeo_push_to_second_registry_reads_back_the_same_manifest_and_blob() {
 // Helm
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn helm_version_reports_pinned_version() {
     let env = env();
     let out = run_ok(
@@ -512,6 +522,7 @@ fn helm_version_reports_pinned_version() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn helm_installs_a_chart_into_the_api_server() {
     let env = env();
     let name = unique_name("helm");
@@ -557,6 +568,7 @@ fn helm_installs_a_chart_into_the_api_server() {
 }
 
 #[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn rbac_limits_a_service_account_token_until_a_role_grants_access() {
     let env = env();
     let ns = unique_name("rbac");
