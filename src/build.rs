@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::api::ImageBuildSpec;
 use crate::context::{ContextError, ContextItem, ContextOptions, FileTree};
+use crate::failure::{Category, FailureKind};
 use crate::image::{ImageError, ImageSpec};
 use crate::layer::{Compression, LayerBlob, LayerCache, LayerError, LayerOptions};
 use crate::layout::LayoutError;
@@ -416,37 +417,24 @@ impl BuildError {
         }
     }
 
-    /// Whether retrying with the same inputs may succeed.
-    pub fn is_transient(&self) -> bool {
+    /// What kind of failure this is, and whether retrying with the same inputs may succeed.
+    pub fn category(&self) -> Category {
+        use FailureKind::*;
         match self {
-            Self::Registry(e) => e.is_transient(),
-            Self::WorkDir(_) | Self::Internal(_) => true,
-            Self::Context(ContextError::Changed { .. })
-            | Self::Layer(LayerError::FileChanged { .. }) => true,
-            _ => false,
+            Self::Registry(e) => e.category(),
+            // The files changed while they were read: reading them again is the fix.
+            Self::Context(ContextError::Changed { .. }) => Category::transient(Input),
+            Self::Layer(LayerError::FileChanged { .. }) => Category::transient(Other),
+            Self::Context(_) | Self::Image(_) | Self::Reference(_) | Self::Platform(_) => {
+                Category::permanent(Input)
+            }
+            Self::Layer(_) | Self::Layout(_) => Category::permanent(Other),
+            Self::WorkDir(_) | Self::Internal(_) => Category::transient(Other),
         }
     }
 
-    /// Exit code of the command line for this failure.
-    pub fn exit_code(&self) -> u8 {
-        use crate::cli::exit;
-        match self.reason() {
-            "Unauthorized" | "Forbidden" => exit::AUTH,
-            "OwnerNotFound" | "RepositoryNotFound" | "ImageNotFound" | "BlobNotFound"
-            | "NoMatchingPlatform" => exit::NOT_FOUND,
-            "TlsUntrustedCertificate"
-            | "TlsHostnameMismatch"
-            | "TlsCertificateExpired"
-            | "TlsHandshakeFailed"
-            | "InvalidCA" => exit::TLS,
-            "Unreachable"
-            | "ConnectionFailed"
-            | "Timeout"
-            | "RegistryUnavailable"
-            | "RateLimited" => exit::NETWORK,
-            "InvalidContext" | "ContextTooLarge" | "InvalidImageConfig" | "InvalidName"
-            | "InvalidPlatform" => exit::INPUT,
-            _ => exit::OTHER,
-        }
+    /// Whether retrying with the same inputs may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.category().transient
     }
 }

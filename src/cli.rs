@@ -32,6 +32,19 @@ pub mod exit {
     pub const NETWORK: u8 = 6;
     /// Anything else.
     pub const OTHER: u8 = 1;
+
+    /// The exit code of a kind of failure.
+    pub fn of(kind: crate::failure::FailureKind) -> u8 {
+        use crate::failure::FailureKind::*;
+        match kind {
+            Input => INPUT,
+            Auth => AUTH,
+            NotFound => NOT_FOUND,
+            Tls => TLS,
+            Network => NETWORK,
+            Other => OTHER,
+        }
+    }
 }
 
 /// A failed command: one line for stderr and an exit code.
@@ -60,7 +73,7 @@ impl Failure {
 impl From<BuildError> for Failure {
     fn from(error: BuildError) -> Self {
         Self {
-            code: error.exit_code(),
+            code: exit::of(error.category().kind),
             message: error.to_string(),
         }
     }
@@ -68,12 +81,9 @@ impl From<BuildError> for Failure {
 
 impl From<ControllerError> for Failure {
     fn from(error: ControllerError) -> Self {
-        match error {
-            ControllerError::Build(e) => e.into(),
-            other => Self {
-                code: exit::INPUT,
-                message: other.to_string(),
-            },
+        Self {
+            code: exit::of(error.category().kind),
+            message: error.to_string(),
         }
     }
 }
@@ -583,6 +593,22 @@ mod tests {
             )),
             insecure: false,
         }
+    }
+
+    #[test]
+    fn exit_codes_follow_the_kind_of_failure() {
+        let input: Failure = BuildError::from(crate::reference::ReferenceError::Empty).into();
+        assert_eq!(input.code, exit::INPUT);
+        let other: Failure = BuildError::Internal("x".into()).into();
+        assert_eq!(other.code, exit::OTHER);
+        let missing: Failure = ControllerError::SecretNotFound {
+            namespace: "gitea".into(),
+            name: "gitea-credential".into(),
+            purpose: "registry credentials",
+            field: "--from-cluster".into(),
+        }
+        .into();
+        assert_eq!(missing.code, exit::INPUT);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod context;
 pub mod controller;
 pub mod crd;
+pub mod failure;
 pub mod image;
 pub mod layer;
 pub mod layout;

@@ -2,6 +2,7 @@
 //! reason and metric label, and whether trying again without a change can help.
 
 use crate::build::BuildError;
+use crate::failure::{Category, FailureKind};
 use crate::registry::AccessError;
 
 #[derive(Debug, thiserror::Error)]
@@ -129,18 +130,30 @@ impl Error {
         }
     }
 
+    /// What kind of failure this is, and whether retrying with the same inputs may succeed.
+    pub fn category(&self) -> Category {
+        use FailureKind::*;
+        match self {
+            Self::Build(e) => e.category(),
+            Self::ConfigMapNotFound { .. }
+            | Self::ConfigMapKeyMissing { .. }
+            | Self::SecretNotFound { .. }
+            | Self::SecretKeyMissing { .. }
+            | Self::Access(_)
+            | Self::InvalidSpec { .. }
+            | Self::PvcUnsupported
+            | Self::ContextUploadInvalid { .. } => Category::permanent(Input),
+            // Claims and their files are not watched: trying again is how a fix is noticed.
+            Self::ClaimNotFound { .. } => Category::transient(Input),
+            Self::ReaderPodPending { .. }
+            | Self::ReaderPodFailed { .. }
+            | Self::ContextUploadFailed { .. } => Category::transient(Other),
+            Self::Timeout { .. } | Self::Kube(_) => Category::transient(Network),
+        }
+    }
+
     /// Whether retrying with the same inputs may succeed.
     pub fn is_transient(&self) -> bool {
-        match self {
-            // Claims and their files are not watched: trying again is how a fix is noticed.
-            Self::Timeout { .. }
-            | Self::Kube(_)
-            | Self::ClaimNotFound { .. }
-            | Self::ReaderPodPending { .. }
-            | Self::ReaderPodFailed { .. }
-            | Self::ContextUploadFailed { .. } => true,
-            Self::Build(e) => e.is_transient(),
-            _ => false,
-        }
+        self.category().transient
     }
 }

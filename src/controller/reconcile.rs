@@ -296,7 +296,8 @@ async fn record_failure(
 ) -> Result<Action, Error> {
     let reason = error.reason();
     let message = error.to_string();
-    tracing::warn!(reason, %message, "build failed");
+    let category = error.category();
+    tracing::warn!(reason, kind = %category.kind, transient = category.transient, %message, "build failed");
     let mut status = status::next_status(
         ib,
         Phase::Failed,
@@ -310,7 +311,7 @@ async fn record_failure(
     status.context_digest = digest;
     status.attempts = attempts;
     status.completion_time = Some(status::now());
-    let retry_in = error.is_transient().then(|| backoff(attempts.unwrap_or(1)));
+    let retry_in = category.transient.then(|| backoff(attempts.unwrap_or(1)));
     status.next_retry_time = retry_in.map(|d| {
         Time(
             Timestamp::now() + SignedDuration::try_from(d).unwrap_or(SignedDuration::from_secs(60)),

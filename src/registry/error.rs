@@ -1,6 +1,7 @@
 //! One error type for everything that can go wrong between us and a registry. Each variant is a
 //! message that says what to fix and a machine reason (Kubernetes condition reason, metric label).
 
+use crate::failure::{Category, FailureKind};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -315,17 +316,44 @@ impl RegistryError {
         }
     }
 
+    /// What kind of failure this is; only network failures pass by themselves.
+    pub fn category(&self) -> Category {
+        use FailureKind::*;
+        use RegistryError::*;
+        match self {
+            InvalidConfig { .. } | InvalidReference(_) | InvalidName { .. } => {
+                Category::permanent(Input)
+            }
+            Unauthorized { .. } | Forbidden { .. } => Category::permanent(Auth),
+            OwnerNotFound { .. }
+            | RepositoryNotFound { .. }
+            | ImageNotFound { .. }
+            | BlobNotFound { .. }
+            | NoMatchingPlatform { .. } => Category::permanent(NotFound),
+            InvalidCa { .. }
+            | TlsUntrustedCertificate { .. }
+            | TlsHostnameMismatch { .. }
+            | TlsCertificateExpired { .. }
+            | TlsHandshake { .. } => Category::permanent(Tls),
+            Unreachable { .. }
+            | ConnectionFailed { .. }
+            | Timeout { .. }
+            | RegistryUnavailable { .. }
+            | RateLimited { .. } => Category::transient(Network),
+            ManifestRejected { .. }
+            | UnsupportedImage { .. }
+            | DigestMismatch { .. }
+            | BodyTooLarge { .. }
+            | UnexpectedResponse { .. }
+            | InvalidResponse { .. }
+            | MissingBlobSource { .. }
+            | LocalFile { .. } => Category::permanent(Other),
+        }
+    }
+
     /// Whether trying again later may succeed without anyone changing anything.
     pub fn is_transient(&self) -> bool {
-        use RegistryError::*;
-        matches!(
-            self,
-            Unreachable { .. }
-                | ConnectionFailed { .. }
-                | Timeout { .. }
-                | RegistryUnavailable { .. }
-                | RateLimited { .. }
-        )
+        self.category().transient
     }
 
     /// How long the registry asked us to wait, if it did.
