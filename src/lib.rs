@@ -19,3 +19,4 @@ pub mod registry;
 pub mod server;
 pub mod telemetry;
 pub mod transfer;
+pub mod yaml;
