@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use k8s_openapi::api::core::v1::ConfigMap;
-use serde::Deserialize;
 
 use crate::api::ImageBuild;
 use crate::build::{BuildError, BuildJob, CaBundle, ContextSource, RegistryAccess};
@@ -229,11 +228,6 @@ pub struct BuildFile {
     pub config_maps: Vec<ConfigMap>,
 }
 
-#[derive(Deserialize)]
-struct TypeMeta {
-    kind: Option<String>,
-}
-
 /// Reads a multi-document YAML file holding one ImageBuild and its ConfigMaps.
 pub fn read_build_file(path: &Path) -> Result<BuildFile, Failure> {
     let shown = path.display();
@@ -241,25 +235,26 @@ pub fn read_build_file(path: &Path) -> Result<BuildFile, Failure> {
         .map_err(|e| Failure::input(format!("cannot read {shown}: {e}")))?;
     let mut image_builds = Vec::new();
     let mut config_maps = Vec::new();
-    for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-        let value = serde_yaml::Value::deserialize(document)
-            .map_err(|e| Failure::input(format!("{shown}: document {}: {e}", index + 1)))?;
-        if value.is_null() {
-            continue;
-        }
-        let kind = serde_yaml::from_value::<TypeMeta>(value.clone())
-            .ok()
-            .and_then(|t| t.kind)
-            .unwrap_or_default();
-        let parse_error = |e: serde_yaml::Error| {
+    for (index, document) in crate::yaml::documents(&text).into_iter().enumerate() {
+        let value = document.map_err(|e| {
+            // The user-facing wording: no hints about the parser's Rust options.
+            let e = e.render_with_formatter(&serde_saphyr::UserMessageFormatter);
+            Failure::input(format!("{shown}: document {}: {e}", index + 1))
+        })?;
+        let kind = value
+            .get("kind")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let parse_error = |e: serde_json::Error| {
             Failure::input(format!("{shown}: {kind} (document {}): {e}", index + 1))
         };
         match kind.as_str() {
             "ImageBuild" => {
-                image_builds.push(serde_yaml::from_value::<ImageBuild>(value).map_err(parse_error)?)
+                image_builds.push(serde_json::from_value::<ImageBuild>(value).map_err(parse_error)?)
             }
             "ConfigMap" => {
-                config_maps.push(serde_yaml::from_value::<ConfigMap>(value).map_err(parse_error)?)
+                config_maps.push(serde_json::from_value::<ConfigMap>(value).map_err(parse_error)?)
             }
             _ => {}
         }
@@ -658,6 +653,80 @@ mod tests {
         assert_eq!(
             target.credentials.map(|c| c.password).as_deref(),
             Some("my-pw")
+        );
+    }
+
+    const IMAGE_BUILD: &str = "apiVersion: imagebuild.dev/v1alpha1
+kind: ImageBuild
+metadata: {name: hello}
+spec:
+  context: {configMaps: [{name: site}]}
+  image: gitea.cnoe.localtest.me:8443/giteaadmin/hello
+";
+
+    /// `text` written to a temporary file, read as a build file; the file stays for the message.
+    fn read(text: &str) -> (tempfile::NamedTempFile, Result<BuildFile, Failure>) {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(file.path(), text).expect("write build file");
+        let read = read_build_file(file.path());
+        (file, read)
+    }
+
+    fn refusal(text: &str) -> (String, String) {
+        let (file, read) = read(text);
+        let shown = file.path().display().to_string();
+        match read {
+            Ok(_) => panic!("{text} was accepted"),
+            Err(failure) => {
+                assert_eq!(failure.code, exit::INPUT);
+                (shown, failure.message)
+            }
+        }
+    }
+
+    #[test]
+    fn the_image_build_and_its_config_maps_are_read_whatever_their_order() {
+        let text = format!(
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: site}}\n\
+             data: {{index.html: hi, enabled: on, mode: 0644}}\n---\n{IMAGE_BUILD}"
+        );
+        let (_file, read) = read(&text);
+        let build = read.unwrap_or_else(|f| panic!("{}", f.message));
+        assert_eq!(build.image_build.metadata.name.as_deref(), Some("hello"));
+        assert_eq!(build.config_maps.len(), 1);
+        let data = build.config_maps[0].data.as_ref().expect("data");
+        // Plain scalars that YAML 1.1 would turn into a boolean or an octal number stay text.
+        assert_eq!(data["enabled"], "on");
+        assert_eq!(data["mode"], "0644");
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_file_and_the_document() {
+        let (shown, message) = refusal(&format!("{IMAGE_BUILD}---\nkind: [ConfigMap\n"));
+        assert!(
+            message.starts_with(&format!("{shown}: document 2: ")),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_object_names_the_file_its_kind_and_the_document() {
+        let text = format!("{IMAGE_BUILD}---\nkind: ConfigMap\ndata: [not, a, map]\n");
+        let (shown, message) = refusal(&text);
+        assert!(
+            message.starts_with(&format!("{shown}: ConfigMap (document 2): ")),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_file_without_exactly_one_image_build_is_refused() {
+        let (shown, message) = refusal("kind: ConfigMap\nmetadata: {name: site}\n");
+        assert_eq!(message, format!("{shown} holds no ImageBuild"));
+        let (shown, message) = refusal(&format!("{IMAGE_BUILD}---\n{IMAGE_BUILD}"));
+        assert_eq!(
+            message,
+            format!("{shown} holds 2 ImageBuilds; put one per file")
         );
     }
 }

@@ -20,3 +20,4 @@ pub mod registry;
 pub mod server;
 pub mod telemetry;
 pub mod transfer;
+pub mod yaml;

@@ -252,7 +252,7 @@ fn every_bad_input_ends_with_a_clear_refusal_and_the_controller_keeps_serving() 
     let controller = robustness::Controller::start(
         &common::unique_name("bad"),
         |config| {
-            config["maxContextBytes"] = serde_yaml::Value::from(MAX_CONTEXT_BYTES);
+            config["maxContextBytes"] = serde_json::Value::from(MAX_CONTEXT_BYTES);
         },
         &[],
     );

@@ -7,7 +7,6 @@ mod common;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use imagebuild::controller::config::ControllerConfig;
@@ -45,9 +44,9 @@ fn render(extra: &[&str]) -> Vec<Value> {
 }
 
 fn parse_documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|doc| Value::deserialize(doc).expect("rendered YAML parses"))
-        .filter(|doc| !doc.is_null())
+    imagebuild::yaml::documents(yaml)
+        .into_iter()
+        .map(|doc| doc.expect("rendered YAML parses"))
         .collect()
 }
 
@@ -410,7 +409,7 @@ fn config_map_holds_the_idpbuilder_registry_profile_by_default() {
     let text = config_map["data"]["config.yaml"]
         .as_str()
         .expect("config.yaml");
-    let config: Value = serde_yaml::from_str(text).expect("config.yaml parses");
+    let config: Value = imagebuild::yaml::from_str(text).expect("config.yaml parses");
     assert_eq!(
         config,
         json!({

@@ -6,7 +6,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use serde_json::Value;
 
 use imagebuild::api::ImageBuild;
@@ -53,15 +52,12 @@ fn manifests() -> Vec<Manifest> {
     let mut all = Vec::new();
     for file in example_files() {
         let text = std::fs::read_to_string(&file).expect("read example");
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let object = Value::deserialize(doc)
-                .unwrap_or_else(|e| panic!("{} does not parse: {e}", file.display()));
-            if !object.is_null() {
-                all.push(Manifest {
-                    file: file.clone(),
-                    object,
-                });
-            }
+        for doc in imagebuild::yaml::documents(&text) {
+            let object = doc.unwrap_or_else(|e| panic!("{} does not parse: {e}", file.display()));
+            all.push(Manifest {
+                file: file.clone(),
+                object,
+            });
         }
     }
     all
@@ -212,7 +208,7 @@ fn api_server_accepts_every_example_in_a_dry_run() {
     ]);
     let mut checked = 0;
     for manifest in manifests().iter().filter(|m| served_by_test_api_server(m)) {
-        let yaml = serde_yaml::to_string(&manifest.object).expect("to YAML");
+        let yaml = serde_saphyr::to_string(&manifest.object).expect("to YAML");
         let out = env.kubectl_stdin(
             &[
                 "apply",

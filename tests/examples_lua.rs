@@ -226,7 +226,7 @@ fn non_ascii_condition_messages_reach_argo_cd_intact() {
 fn argocd_cm_patch_embeds_health_lua_verbatim() {
     let patch = std::fs::read_to_string(repo_root().join("examples/argocd/argocd-cm-patch.yaml"))
         .expect("argocd-cm-patch.yaml");
-    let patch: Value = serde_yaml::from_str(&patch).expect("argocd-cm-patch.yaml parses");
+    let patch: Value = imagebuild::yaml::from_str(&patch).expect("argocd-cm-patch.yaml parses");
     let script = std::fs::read_to_string(health_script()).expect("health.lua");
     assert_eq!(patch["kind"], "ConfigMap");
     assert_eq!(patch["metadata"]["name"], "argocd-cm");

@@ -86,10 +86,15 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("controller configuration {path} is not valid: {source}")]
+    // The user-facing wording: no hints about the parser's Rust options.
+    #[error(
+        "controller configuration {path} is not valid: {}",
+        .source.render_with_formatter(&serde_saphyr::UserMessageFormatter)
+    )]
     Parse {
         path: String,
-        source: serde_yaml::Error,
+        // Boxed: the error with its location is large, and a config error is rare.
+        source: Box<serde_saphyr::Error>,
     },
     #[error(
         "controller configuration {path}: defaultTimeout `{value}` is not a duration like 90s or 10m"
@@ -108,9 +113,9 @@ impl ControllerConfig {
             path: shown.clone(),
             source,
         })?;
-        let config: Self = serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+        let config: Self = crate::yaml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: shown.clone(),
-            source,
+            source: Box::new(source),
         })?;
         if parse_duration(&config.default_timeout).is_none() {
             return Err(ConfigError::Timeout {
@@ -249,8 +254,26 @@ mod tests {
 
     #[test]
     fn unknown_fields_in_a_profile_are_refused() {
-        let err = serde_yaml::from_str::<ControllerConfig>("registries: [{host: a, cert: b}]")
+        let err = crate::yaml::from_str::<ControllerConfig>("registries: [{host: a, cert: b}]")
             .expect_err("unknown field");
         assert!(err.to_string().contains("cert"), "{err}");
+    }
+
+    #[test]
+    fn a_file_that_does_not_parse_is_named_with_the_line_at_fault() {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(file.path(), "registries: []\nregistries: []\n").expect("write config");
+        let err = ControllerConfig::load(Some(file.path())).expect_err("duplicate key");
+        let message = err.to_string();
+        let shown = file.path().display().to_string();
+        assert!(
+            message.starts_with(&format!("controller configuration {shown} is not valid: ")),
+            "{message}"
+        );
+        assert!(
+            message.contains("registries") && message.contains("line 2"),
+            "{message}"
+        );
+        assert!(!message.contains("Options"), "{message}");
     }
 }

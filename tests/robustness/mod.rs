@@ -39,11 +39,7 @@ impl std::ops::DerefMut for Controller {
 
 impl Controller {
     /// Starts a controller whose config is the chart's with `edit` applied.
-    pub fn start(
-        identity: &str,
-        edit: impl FnOnce(&mut serde_yaml::Value),
-        extra: &[&str],
-    ) -> Self {
+    pub fn start(identity: &str, edit: impl FnOnce(&mut Value), extra: &[&str]) -> Self {
         let kubeconfig = ctl::install_chart().kubeconfig.clone();
         Self::start_with_kubeconfig(identity, edit, extra, kubeconfig)
     }
@@ -76,7 +72,7 @@ impl Controller {
             |config| {
                 let profile = &mut config["registries"][0];
                 profile["endpoint"] = endpoint.into();
-                profile["caSecret"] = serde_yaml::to_value(std::collections::BTreeMap::from([
+                profile["caSecret"] = serde_json::to_value(std::collections::BTreeMap::from([
                     ("namespace", ctl::RELEASE_NAMESPACE.to_owned()),
                     ("name", secret.clone()),
                     ("key", "ca.crt".to_owned()),
@@ -90,18 +86,18 @@ impl Controller {
     /// Like [`Controller::start`], reaching the API server through `kubeconfig`.
     pub fn start_with_kubeconfig(
         identity: &str,
-        edit: impl FnOnce(&mut serde_yaml::Value),
+        edit: impl FnOnce(&mut Value),
         extra: &[&str],
         kubeconfig: PathBuf,
     ) -> Self {
         let env = common::env();
         let installed = ctl::install_chart();
         let text = std::fs::read_to_string(&installed.config).expect("chart config");
-        let mut config: serde_yaml::Value = serde_yaml::from_str(&text).expect("config yaml");
+        let mut config: Value = imagebuild::yaml::from_str(&text).expect("config yaml");
         edit(&mut config);
         let dir = env.dir.join("controller");
         let path = dir.join(format!("{identity}.config.yaml"));
-        std::fs::write(&path, serde_yaml::to_string(&config).expect("yaml")).expect("config");
+        std::fs::write(&path, serde_saphyr::to_string(&config).expect("yaml")).expect("config");
         Self::spawn(
             identity,
             path,

@@ -4,7 +4,7 @@ use super::*;
 use crate::transfer::ReceiveOptions;
 
 fn image_build(yaml: &str) -> ImageBuild {
-    serde_yaml::from_str(yaml).expect("ImageBuild")
+    crate::yaml::from_str(yaml).expect("ImageBuild")
 }
 
 fn hello() -> ImageBuild {
