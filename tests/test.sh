@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one command that passes every test, from a fresh clone on a fresh machine:
 # installs what is missing (Debian packages, Go-built Kubernetes, Gitea and Helm, crates, cargo-audit),
-# starts the test environment, checks formatting and lints, audits the dependencies, runs all tests,
-# stops the environment.
+# starts the test environment, checks formatting and lints, audits the dependencies, lints the shell
+# scripts, runs all tests, stops the environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,5 +38,11 @@ if [ ! -d "$advisory_db/crates" ]; then
   exit 1
 fi
 cargo audit --db "$advisory_db" --no-fetch --no-yanked
+
+# Shell scripts are linted like the Rust code; -x follows the files they source (their
+# `# shellcheck source=` lines say which). install-deps.sh installs shellcheck (up.sh ran it).
+command -v shellcheck >/dev/null 2>&1 || bash tests/env/install-deps.sh
+mapfile -t scripts < <(find tests/env hack -name '*.sh' | sort)
+shellcheck -x tests/test.sh "${scripts[@]}"
 
 cargo test
