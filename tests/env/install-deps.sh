@@ -24,6 +24,8 @@ packages=(
 	iproute2 procps util-linux
 	# used by tests of other parts of the project
 	lua5.4
+	# tests/test.sh lints the shell scripts
+	shellcheck
 )
 
 missing=()
