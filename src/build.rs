@@ -403,10 +403,7 @@ impl BuildError {
     /// CamelCase reason for conditions, events and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Context(ContextError::TooLarge { .. } | ContextError::TooManyEntries { .. }) => {
-                "ContextTooLarge"
-            }
-            Self::Context(_) => "InvalidContext",
+            Self::Context(e) => e.reason(),
             Self::Layer(_) => "LayerFailed",
             Self::Image(_) => "InvalidImageConfig",
             Self::Registry(e) => e.reason(),
@@ -422,12 +419,10 @@ impl BuildError {
         use FailureKind::*;
         match self {
             Self::Registry(e) => e.category(),
+            Self::Context(e) => e.category(),
             // The files changed while they were read: reading them again is the fix.
-            Self::Context(ContextError::Changed { .. }) => Category::transient(Input),
             Self::Layer(LayerError::FileChanged { .. }) => Category::transient(Other),
-            Self::Context(_) | Self::Image(_) | Self::Reference(_) | Self::Platform(_) => {
-                Category::permanent(Input)
-            }
+            Self::Image(_) | Self::Reference(_) | Self::Platform(_) => Category::permanent(Input),
             Self::Layer(_) | Self::Layout(_) => Category::permanent(Other),
             Self::WorkDir(_) | Self::Internal(_) => Category::transient(Other),
         }

@@ -9,9 +9,9 @@ use k8s_openapi::api::core::v1::ConfigMap;
 
 use crate::api::ImageBuild;
 use crate::build::{BuildError, BuildJob, CaBundle, ContextSource, RegistryAccess};
+use crate::cluster::ClusterError;
 use crate::context::ContextItem;
 use crate::controller::StartError;
-use crate::controller::error::Error as ControllerError;
 use crate::layer::LayerCache;
 use crate::oci::BlobLocation;
 use crate::reference::{ImageRef, RepositoryRef};
@@ -78,8 +78,8 @@ impl From<BuildError> for Failure {
     }
 }
 
-impl From<ControllerError> for Failure {
-    fn from(error: ControllerError) -> Self {
+impl From<ClusterError> for Failure {
+    fn from(error: ClusterError) -> Self {
         Self {
             code: exit::of(error.category().kind),
             message: error.to_string(),
@@ -216,8 +216,12 @@ async fn from_cluster(host: &str) -> Result<RegistryAccess, Failure> {
         ),
     })?;
     // idpbuilder's Secrets, for whatever host and port this cluster's Gitea is published on.
-    let config = crate::controller::config::ControllerConfig::idpbuilder_for(host);
-    let mut access = crate::controller::inputs::profile_access(host, &client, &config).await?;
+    let mut profiles = crate::cluster::idpbuilder_profiles();
+    let profile = profiles
+        .first_mut()
+        .ok_or_else(|| Failure::input("--from-cluster: no idpbuilder registry profile"))?;
+    profile.host = host.to_owned();
+    let mut access = crate::cluster::profile_access(host, profile, &client).await?;
     access.endpoint = None;
     Ok(access)
 }
@@ -295,7 +299,7 @@ impl BuildFile {
                         source.name
                     ))
                 })?;
-            files.extend(crate::controller::inputs::config_map_files(
+            files.extend(crate::cluster::config_map_files(
                 "",
                 cm,
                 source.items.as_deref(),
@@ -596,7 +600,7 @@ mod tests {
         assert_eq!(input.code, exit::INPUT);
         let other: Failure = BuildError::Internal("x".into()).into();
         assert_eq!(other.code, exit::OTHER);
-        let missing: Failure = ControllerError::SecretNotFound {
+        let missing: Failure = ClusterError::SecretNotFound {
             namespace: "gitea".into(),
             name: "gitea-credential".into(),
             purpose: "registry credentials",

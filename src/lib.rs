@@ -6,6 +6,7 @@
 pub mod api;
 pub mod build;
 pub mod cli;
+pub mod cluster;
 pub mod context;
 pub mod controller;
 pub mod crd;

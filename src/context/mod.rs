@@ -15,6 +15,7 @@ mod items;
 mod tests;
 mod tree;
 
+use crate::failure::{Category, FailureKind};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -264,4 +265,22 @@ pub enum ContextError {
     NotText { origin: String },
     #[error("{} changed while the context was read; build again", path.display())]
     Changed { path: PathBuf },
+}
+
+impl ContextError {
+    /// CamelCase reason for conditions, events and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TooLarge { .. } | Self::TooManyEntries { .. } => "ContextTooLarge",
+            _ => "InvalidContext",
+        }
+    }
+
+    /// Every context failure is the input's; one that changed while it was read may pass.
+    pub fn category(&self) -> Category {
+        match self {
+            Self::Changed { .. } => Category::transient(FailureKind::Input),
+            _ => Category::permanent(FailureKind::Input),
+        }
+    }
 }

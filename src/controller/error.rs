@@ -2,42 +2,13 @@
 //! reason and metric label, and whether trying again without a change can help.
 
 use crate::build::BuildError;
+use crate::cluster::ClusterError;
 use crate::failure::{Category, FailureKind};
-use crate::registry::AccessError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(
-        "ConfigMap {namespace}/{name} named in spec.context.configMaps does not exist: create it or fix the name"
-    )]
-    ConfigMapNotFound { namespace: String, name: String },
-
-    #[error(
-        "key `{key}` named in spec.context.configMaps[{name}].items is not in ConfigMap {namespace}/{name} (it has: {available})"
-    )]
-    ConfigMapKeyMissing {
-        namespace: String,
-        name: String,
-        key: String,
-        available: String,
-    },
-
-    #[error("Secret {namespace}/{name} ({purpose}) does not exist: create it or fix {field}")]
-    SecretNotFound {
-        namespace: String,
-        name: String,
-        purpose: &'static str,
-        field: String,
-    },
-
-    #[error("Secret {namespace}/{name} ({purpose}) has no usable key {key}: {hint}")]
-    SecretKeyMissing {
-        namespace: String,
-        name: String,
-        purpose: &'static str,
-        key: String,
-        hint: String,
-    },
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 
     #[error("{field}: {message}")]
     InvalidSpec {
@@ -100,9 +71,6 @@ pub enum Error {
     Timeout { after: String },
 
     #[error(transparent)]
-    Access(#[from] AccessError),
-
-    #[error(transparent)]
     Build(#[from] BuildError),
 
     #[error("Kubernetes API request failed: {0}")]
@@ -113,10 +81,7 @@ impl Error {
     /// CamelCase reason for conditions, events and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::ConfigMapNotFound { .. } => "ConfigMapNotFound",
-            Self::ConfigMapKeyMissing { .. } => "ConfigMapKeyMissing",
-            Self::SecretNotFound { .. } => "SecretNotFound",
-            Self::SecretKeyMissing { .. } | Self::Access(_) => "SecretInvalid",
+            Self::Cluster(e) => e.reason(),
             Self::InvalidSpec { .. } => "InvalidSpec",
             Self::PvcUnsupported => "PvcUnsupported",
             Self::ClaimNotFound { .. } => "ClaimNotFound",
@@ -135,14 +100,10 @@ impl Error {
         use FailureKind::*;
         match self {
             Self::Build(e) => e.category(),
-            Self::ConfigMapNotFound { .. }
-            | Self::ConfigMapKeyMissing { .. }
-            | Self::SecretNotFound { .. }
-            | Self::SecretKeyMissing { .. }
-            | Self::Access(_)
-            | Self::InvalidSpec { .. }
-            | Self::PvcUnsupported
-            | Self::ContextUploadInvalid { .. } => Category::permanent(Input),
+            Self::Cluster(e) => e.category(),
+            Self::InvalidSpec { .. } | Self::PvcUnsupported | Self::ContextUploadInvalid { .. } => {
+                Category::permanent(Input)
+            }
             // Claims and their files are not watched: trying again is how a fix is noticed.
             Self::ClaimNotFound { .. } => Category::transient(Input),
             Self::ReaderPodPending { .. }

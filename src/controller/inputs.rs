@@ -2,24 +2,21 @@
 //! registry access for its hosts (from its own namespace, or the controller's registry profiles),
 //! and the context digest that says whether anything changed since the last push.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::{Api, Client, ResourceExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Client, ResourceExt};
 
-use super::config::{ControllerConfig, RegistryProfile};
+use super::config::ControllerConfig;
 use super::error::Error;
 use super::secrets::SecretCache;
 use crate::api::{ImageBuild, PvcSource, REBUILD_ANNOTATION};
 use crate::build::BuildError;
+use crate::cluster::{self, HostAccess, SecretSource, SecretsRead};
 use crate::context::ContextItem;
 use crate::oci::Sha256;
 use crate::reference::{ImageRef, RepositoryRef};
-use crate::registry::{
-    CaBundle, CredentialChoice, CredentialPolicy, Credentials, DockerConfig, GivenCredentials,
-    RegistryAccess,
-};
+use crate::registry::{CredentialPolicy, RegistryAccess};
 
 /// Where the files of a build are, once resolved.
 #[derive(Debug, Clone)]
@@ -64,18 +61,7 @@ pub async fn resolve(
         &spec.context.persistent_volume_claim,
     ) {
         (Some(sources), None) => {
-            let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-            let mut files = Vec::new();
-            for source in sources {
-                let cm =
-                    api.get_opt(&source.name)
-                        .await?
-                        .ok_or_else(|| Error::ConfigMapNotFound {
-                            namespace: namespace.clone(),
-                            name: source.name.clone(),
-                        })?;
-                files.extend(config_map_files(&namespace, &cm, source.items.as_deref())?);
-            }
+            let files = cluster::read_config_maps(client, &namespace, sources).await?;
             for file in &files {
                 digest.add(&file.path, &file.data);
                 digest.add(
@@ -100,23 +86,29 @@ pub async fn resolve(
         Some(from) => Some(ImageRef::parse(from).map_err(BuildError::from)?.registry),
         None => None,
     };
-    let policy = credential_policy(ib, &target_host, client, secrets, &mut digest).await?;
-    let target = access_for(
-        ib,
-        &target_host,
-        &policy,
+    let secrets = CachedSecrets {
+        cache: secrets,
         client,
-        secrets,
-        config,
-        &mut digest,
+    };
+    let mut read = SecretsRead::default();
+    let policy = cluster::credential_policy(
+        &namespace,
+        spec.registry.as_ref(),
+        &target_host,
+        &secrets,
+        &mut read,
     )
     .await?;
+    let target = access_of(ib, &target_host, &policy, config, &secrets, &mut read).await?;
     let base = match base_host {
         Some(host) if !policy.is_target(&host) => {
-            Some(access_for(ib, &host, &policy, client, secrets, config, &mut digest).await?)
+            Some(access_of(ib, &host, &policy, config, &secrets, &mut read).await?)
         }
         _ => None,
     };
+    for (purpose, version) in read.iter() {
+        digest.add(purpose, version.as_bytes());
+    }
     Ok(ResolvedInputs {
         context,
         target,
@@ -133,305 +125,53 @@ pub async fn registry_access(
     config: &ControllerConfig,
     secrets: &SecretCache,
 ) -> Result<RegistryAccess, Error> {
-    let mut digest = InputsDigest::default();
     let host = RepositoryRef::parse(&ib.spec.image)
         .map_err(BuildError::from)?
         .registry;
-    let policy = credential_policy(ib, &host, client, secrets, &mut digest).await?;
-    access_for(ib, &host, &policy, client, secrets, config, &mut digest).await
-}
-
-/// The files an ImageBuild takes from one ConfigMap (`items`, or every key).
-pub fn config_map_files(
-    namespace: &str,
-    cm: &ConfigMap,
-    items: Option<&[crate::api::KeyToPath]>,
-) -> Result<Vec<ContextItem>, Error> {
-    let name = cm.name_any();
-    let mut all: BTreeMap<&str, bytes::Bytes> = BTreeMap::new();
-    for (key, value) in cm.data.iter().flatten() {
-        all.insert(key, bytes::Bytes::copy_from_slice(value.as_bytes()));
-    }
-    for (key, value) in cm.binary_data.iter().flatten() {
-        all.insert(key, bytes::Bytes::copy_from_slice(&value.0));
-    }
-    let file = |key: &str, data: bytes::Bytes, item: Option<&crate::api::KeyToPath>| {
-        ContextItem::from_key(
-            format!("ConfigMap {name} key {key}"),
-            key,
-            item.and_then(|i| i.path.as_deref()),
-            item.and_then(|i| i.mode)
-                .and_then(|m| u32::try_from(m).ok()),
-            data,
-            item.is_some_and(|i| i.archive),
-        )
-        .map_err(|e| Error::Build(e.into()))
-    };
-    match items {
-        None => all.iter().map(|(k, v)| file(k, v.clone(), None)).collect(),
-        Some(items) => items
-            .iter()
-            .map(|item| {
-                let data = all.get(item.key.as_str()).cloned().ok_or_else(|| {
-                    Error::ConfigMapKeyMissing {
-                        namespace: namespace.to_owned(),
-                        name: name.clone(),
-                        key: item.key.clone(),
-                        available: all.keys().copied().collect::<Vec<_>>().join(", "),
-                    }
-                })?;
-                file(&item.key, data, Some(item))
-            })
-            .collect(),
-    }
-}
-
-/// The access policy of an ImageBuild: its target host and the credentials its own
-/// `spec.registry.credentialsSecret` gives (same namespace only).
-async fn credential_policy(
-    ib: &ImageBuild,
-    target_host: &str,
-    client: &Client,
-    secrets: &SecretCache,
-    digest: &mut InputsDigest,
-) -> Result<CredentialPolicy, Error> {
-    let Some(name) = ib
-        .spec
-        .registry
-        .as_ref()
-        .and_then(|s| s.credentials_secret.as_ref())
-    else {
-        return Ok(CredentialPolicy::new(target_host, None));
-    };
-    let namespace = ib.namespace().unwrap_or_default();
-    let secret = get_secret(
-        secrets,
+    let secrets = CachedSecrets {
+        cache: secrets,
         client,
-        &namespace,
-        name,
-        "registry credentials",
-        "spec.registry.credentialsSecret",
-    )
-    .await?;
-    digest.add(
-        "credentials",
-        secret.resource_version().unwrap_or_default().as_bytes(),
-    );
-    let given = given_credentials(&secret, &namespace, name)?;
-    Ok(CredentialPolicy::new(target_host, Some(given)))
+    };
+    let mut read = SecretsRead::default();
+    let namespace = ib.namespace().unwrap_or_default();
+    let settings = ib.spec.registry.as_ref();
+    let policy =
+        cluster::credential_policy(&namespace, settings, &host, &secrets, &mut read).await?;
+    access_of(ib, &host, &policy, config, &secrets, &mut read).await
 }
 
-/// Registry access for `host`: the ImageBuild's own CA (same namespace only) overrides the
-/// controller's profile for that host; credentials are whatever the policy sends there.
-async fn access_for(
+/// Registry access for one host of an ImageBuild's build.
+async fn access_of(
     ib: &ImageBuild,
     host: &str,
     policy: &CredentialPolicy,
-    client: &Client,
-    secrets: &SecretCache,
     config: &ControllerConfig,
-    digest: &mut InputsDigest,
+    secrets: &CachedSecrets<'_>,
+    read: &mut SecretsRead,
 ) -> Result<RegistryAccess, Error> {
     let namespace = ib.namespace().unwrap_or_default();
-    let profile = config.profile(host);
-    let settings = ib.spec.registry.as_ref();
-    let mut access = RegistryAccess {
-        host: host.to_owned(),
-        endpoint: profile.and_then(|p| p.endpoint.clone()),
-        ca: None,
-        credentials: None,
-        insecure: settings.is_some_and(|s| s.insecure) || profile.is_some_and(|p| p.insecure),
+    let of = HostAccess {
+        namespace: &namespace,
+        settings: ib.spec.registry.as_ref(),
+        profile: config.profile(host),
     };
-
-    if let Some(ca) = settings.and_then(|s| s.ca_secret.as_ref()) {
-        let secret = get_secret(
-            secrets,
-            client,
-            &namespace,
-            &ca.name,
-            "registry CA",
-            "spec.registry.caSecret",
-        )
-        .await?;
-        digest.add(
-            "ca",
-            secret.resource_version().unwrap_or_default().as_bytes(),
-        );
-        access.ca = Some(ca_from(&secret, &namespace, &ca.name, &ca.key)?);
-    } else if let Some(profile) = profile {
-        access.ca = profile_ca(profile, client, secrets, digest).await?;
-    }
-
-    access.credentials = match (policy.choose(host)?, profile) {
-        (CredentialChoice::Given(credentials), _) => Some(credentials),
-        (CredentialChoice::Profile, Some(profile)) => {
-            profile_credentials(profile, client, secrets, digest).await?
-        }
-        (CredentialChoice::Profile, None) => None,
-    };
-    Ok(access)
+    Ok(cluster::host_access(host, of, policy, secrets, read).await?)
 }
 
-/// Registry access for `host` from the controller's registry profile alone, as
-/// `imagebuild ... --from-cluster` uses it. Without a profile for the host: no CA, no credentials.
-pub async fn profile_access(
-    host: &str,
-    client: &Client,
-    config: &ControllerConfig,
-) -> Result<RegistryAccess, Error> {
-    let mut digest = InputsDigest::default();
-    // No watch feeds this one: every Secret is read from the API server.
-    let secrets = SecretCache::default();
-    let profile = config.profile(host);
-    let (ca, credentials) = match profile {
-        Some(p) => (
-            profile_ca(p, client, &secrets, &mut digest).await?,
-            profile_credentials(p, client, &secrets, &mut digest).await?,
-        ),
-        None => (None, None),
-    };
-    Ok(RegistryAccess {
-        host: host.to_owned(),
-        endpoint: profile.and_then(|p| p.endpoint.clone()),
-        ca,
-        credentials,
-        insecure: profile.is_some_and(|p| p.insecure),
-    })
+/// Secrets from the controller's cache, read from the API server when the watch says the
+/// stored copy is stale.
+struct CachedSecrets<'a> {
+    cache: &'a SecretCache,
+    client: &'a Client,
 }
 
-async fn profile_ca(
-    profile: &RegistryProfile,
-    client: &Client,
-    secrets: &SecretCache,
-    digest: &mut InputsDigest,
-) -> Result<Option<CaBundle>, Error> {
-    let Some(r) = &profile.ca_secret else {
-        return Ok(None);
-    };
-    let field = format!("the caSecret of registry profile {}", profile.host);
-    let secret = get_secret(
-        secrets,
-        client,
-        &r.namespace,
-        &r.name,
-        "registry CA",
-        &field,
-    )
-    .await?;
-    digest.add(
-        "ca",
-        secret.resource_version().unwrap_or_default().as_bytes(),
-    );
-    ca_from(&secret, &r.namespace, &r.name, &r.key).map(Some)
-}
-
-async fn profile_credentials(
-    profile: &RegistryProfile,
-    client: &Client,
-    secrets: &SecretCache,
-    digest: &mut InputsDigest,
-) -> Result<Option<Credentials>, Error> {
-    let Some(r) = &profile.credentials_secret else {
-        return Ok(None);
-    };
-    let field = format!("the credentialsSecret of registry profile {}", profile.host);
-    let secret = get_secret(
-        secrets,
-        client,
-        &r.namespace,
-        &r.name,
-        "registry credentials",
-        &field,
-    )
-    .await?;
-    digest.add(
-        "credentials",
-        secret.resource_version().unwrap_or_default().as_bytes(),
-    );
-    let value = |key: &str| secret_value(&secret, key);
-    let missing = |key: &str| Error::SecretKeyMissing {
-        namespace: r.namespace.clone(),
-        name: r.name.clone(),
-        purpose: "registry credentials",
-        key: key.to_owned(),
-        hint: "the registry profile names this key".into(),
-    };
-    Ok(Some(Credentials {
-        username: value(&r.username_key).ok_or_else(|| missing(&r.username_key))?,
-        password: value(&r.password_key).ok_or_else(|| missing(&r.password_key))?,
-        source: format!("Secret {}/{}", r.namespace, r.name),
-    }))
-}
-
-async fn get_secret(
-    secrets: &SecretCache,
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    purpose: &'static str,
-    field: &str,
-) -> Result<Arc<Secret>, Error> {
-    secrets
-        .get(client, namespace, name)
-        .await?
-        .ok_or_else(|| Error::SecretNotFound {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            purpose,
-            field: field.to_owned(),
-        })
-}
-
-fn secret_value(secret: &Secret, key: &str) -> Option<String> {
-    let bytes = secret.data.as_ref()?.get(key)?;
-    String::from_utf8(bytes.0.clone()).ok()
-}
-
-fn ca_from(secret: &Secret, namespace: &str, name: &str, key: &str) -> Result<CaBundle, Error> {
-    let pem = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| b.0.clone())
-        .ok_or_else(|| Error::SecretKeyMissing {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            purpose: "registry CA",
-            key: key.to_owned(),
-            hint: "put the PEM certificate under that key".into(),
-        })?;
-    Ok(CaBundle {
-        pem,
-        source: format!("Secret {namespace}/{name} key {key}"),
-    })
-}
-
-/// What an ImageBuild's own credentials Secret gives: a dockerconfigjson is read per host, a
-/// user name and password (basic-auth or plain Secret) are for the target host only.
-fn given_credentials(
-    secret: &Secret,
-    namespace: &str,
-    name: &str,
-) -> Result<GivenCredentials, Error> {
-    let source = format!("Secret {namespace}/{name}");
-    if let Some(json) = secret_value(secret, ".dockerconfigjson") {
-        return Ok(GivenCredentials::PerHost(DockerConfig::parse(
-            &json, &source,
-        )?));
-    }
-    match (secret_value(secret, "username"), secret_value(secret, "password")) {
-        (Some(username), Some(password)) => Ok(GivenCredentials::ForTarget(Credentials {
-            username,
-            password,
-            source,
-        })),
-        _ => Err(Error::SecretKeyMissing {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            purpose: "registry credentials",
-            key: "username/password".to_owned(),
-            hint: "use a kubernetes.io/basic-auth Secret (username, password) or a kubernetes.io/dockerconfigjson Secret".into(),
-        }),
+impl SecretSource for CachedSecrets<'_> {
+    async fn secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<Secret>>, kube::Error> {
+        self.cache.get(self.client, namespace, name).await
     }
 }
 
