@@ -75,6 +75,27 @@ pub struct Pushed {
     pub uploaded_while_building: u64,
 }
 
+/// The registry hosts a build talks to, read as Docker reads references.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildHosts {
+    /// The host of `spec.image`.
+    pub target: String,
+    /// The host of `spec.from`, when that is another host than the target's.
+    pub base: Option<String>,
+}
+
+impl BuildHosts {
+    pub fn of(spec: &ImageBuildSpec) -> Result<Self, BuildError> {
+        let target = RepositoryRef::parse(&spec.image)?.registry;
+        let base = match spec.from.as_deref() {
+            Some(from) => Some(ImageRef::parse(from)?.registry),
+            None => None,
+        };
+        let base = base.filter(|host| canonical_host(host) != canonical_host(&target));
+        Ok(Self { target, base })
+    }
+}
+
 /// Fetches the base image (if any), builds the layer off the async runtime, and assembles the
 /// image. Nothing is pushed.
 pub async fn build_image(job: &BuildJob) -> Result<Prepared, BuildError> {

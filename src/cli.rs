@@ -8,7 +8,7 @@ use clap::Args;
 use k8s_openapi::api::core::v1::ConfigMap;
 
 use crate::api::ImageBuild;
-use crate::build::{BuildError, BuildJob, CaBundle, ContextSource, RegistryAccess};
+use crate::build::{BuildError, BuildHosts, BuildJob, CaBundle, ContextSource, RegistryAccess};
 use crate::cluster::ClusterError;
 use crate::context::ContextItem;
 use crate::controller::StartError;
@@ -344,24 +344,17 @@ pub async fn build(request: BuildRequest, flags: &RegistryFlags) -> Result<(), F
     let file = read_build_file(&request.file)?;
     let source = file.context(request.context.as_deref())?;
     let spec = file.image_build.spec;
-    let target_host = RepositoryRef::parse(&spec.image)
-        .map_err(BuildError::from)?
-        .registry;
-    let base_host = match spec.from.as_deref() {
-        Some(from) => Some(ImageRef::parse(from).map_err(BuildError::from)?.registry),
-        None => None,
-    };
-    let (target, base) = if request.push || base_host.is_some() {
-        let registries = flags.registries(&target_host).await?;
-        let base = match base_host {
-            Some(host) if canonical_host(&host) != canonical_host(&target_host) => {
-                Some(registries.access(&host)?)
-            }
-            _ => None,
-        };
-        (registries.access(&target_host)?, base)
+    let hosts = BuildHosts::of(&spec)?;
+    let (target, base) = if request.push || spec.from.is_some() {
+        let registries = flags.registries(&hosts.target).await?;
+        let base = hosts
+            .base
+            .as_deref()
+            .map(|host| registries.access(host))
+            .transpose()?;
+        (registries.access(&hosts.target)?, base)
     } else {
-        (RegistryAccess::anonymous(&target_host), None)
+        (RegistryAccess::anonymous(&hosts.target), None)
     };
     let scratch = tempfile::tempdir().map_err(BuildError::WorkDir)?;
     let work_dir = match &request.output {

@@ -11,11 +11,10 @@ use super::config::ControllerConfig;
 use super::error::Error;
 use super::secrets::SecretCache;
 use crate::api::{ImageBuild, PvcSource, REBUILD_ANNOTATION};
-use crate::build::BuildError;
+use crate::build::BuildHosts;
 use crate::cluster::{self, HostAccess, SecretSource, SecretsRead};
 use crate::context::ContextItem;
 use crate::oci::Sha256;
-use crate::reference::{ImageRef, RepositoryRef};
 use crate::registry::{CredentialPolicy, RegistryAccess};
 
 /// Where the files of a build are, once resolved.
@@ -79,13 +78,7 @@ pub async fn resolve(
             });
         }
     };
-    let target_host = RepositoryRef::parse(&spec.image)
-        .map_err(BuildError::from)?
-        .registry;
-    let base_host = match spec.from.as_deref() {
-        Some(from) => Some(ImageRef::parse(from).map_err(BuildError::from)?.registry),
-        None => None,
-    };
+    let hosts = BuildHosts::of(spec)?;
     let secrets = CachedSecrets {
         cache: secrets,
         client,
@@ -94,17 +87,15 @@ pub async fn resolve(
     let policy = cluster::credential_policy(
         &namespace,
         spec.registry.as_ref(),
-        &target_host,
+        &hosts.target,
         &secrets,
         &mut read,
     )
     .await?;
-    let target = access_of(ib, &target_host, &policy, config, &secrets, &mut read).await?;
-    let base = match base_host {
-        Some(host) if !policy.is_target(&host) => {
-            Some(access_of(ib, &host, &policy, config, &secrets, &mut read).await?)
-        }
-        _ => None,
+    let target = access_of(ib, &hosts.target, &policy, config, &secrets, &mut read).await?;
+    let base = match &hosts.base {
+        Some(host) => Some(access_of(ib, host, &policy, config, &secrets, &mut read).await?),
+        None => None,
     };
     for (purpose, version) in read.iter() {
         digest.add(purpose, version.as_bytes());
@@ -125,9 +116,7 @@ pub async fn registry_access(
     config: &ControllerConfig,
     secrets: &SecretCache,
 ) -> Result<RegistryAccess, Error> {
-    let host = RepositoryRef::parse(&ib.spec.image)
-        .map_err(BuildError::from)?
-        .registry;
+    let host = BuildHosts::of(&ib.spec)?.target;
     let secrets = CachedSecrets {
         cache: secrets,
         client,
