@@ -64,3 +64,54 @@ impl Category {
         }
     }
 }
+
+/// The messages of an error and its sources joined by `: `, without a message its predecessor
+/// already contains (wrappers often repeat their source).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current = Some(error);
+    while let Some(e) = current {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        current = e.source();
+    }
+    parts.join(": ")
+}
+
+/// `text` cut to at most `max` bytes at a character boundary, with `…` when cut.
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_names_each_cause_once() {
+        let io = std::io::Error::other("connection reset");
+        let wrapped = std::io::Error::other(io);
+        assert_eq!(error_chain(&wrapped), "connection reset");
+        #[derive(Debug, thiserror::Error)]
+        #[error("upload failed")]
+        struct Upload(#[source] std::io::Error);
+        let chain = error_chain(&Upload(std::io::Error::other("broken pipe")));
+        assert_eq!(chain, "upload failed: broken pipe");
+    }
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(truncate("short", 10), "short");
+        assert_eq!(truncate("ééé", 3), "é…");
+        assert_eq!(truncate("abcdef", 3), "abc…");
+    }
+}

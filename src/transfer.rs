@@ -438,7 +438,7 @@ pub async fn send(request: SendRequest) -> Result<Counts, SendError> {
         Err(e) => {
             let upload = SendError::Upload {
                 url: request.url.clone(),
-                detail: error_chain(&e),
+                detail: crate::failure::error_chain(&e),
             };
             match walked {
                 // The walk stopped because the request did: the request's error says why.
@@ -467,19 +467,8 @@ fn http_client(url: &str) -> Result<reqwest::Client, SendError> {
         .build()
         .map_err(|e| SendError::Upload {
             url: url.to_owned(),
-            detail: error_chain(&e),
+            detail: crate::failure::error_chain(&e),
         })
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -105,6 +105,21 @@ impl ControllerConfig {
     pub fn default_timeout(&self) -> Duration {
         parse_duration(&self.default_timeout).unwrap_or(Duration::from_secs(600))
     }
+
+    /// How long a build with `spec.timeout` may take: that timeout when it parses, else the
+    /// configured default (the API server's schema refuses malformed ones anyway).
+    pub fn build_timeout(&self, spec_timeout: Option<&str>) -> BuildTimeout {
+        let text = spec_timeout.unwrap_or(&self.default_timeout).to_owned();
+        let limit = parse_duration(&text).unwrap_or_else(|| self.default_timeout());
+        BuildTimeout { limit, text }
+    }
+}
+
+/// A build's time limit, and how it was written (for messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildTimeout {
+    pub limit: Duration,
+    pub text: String,
 }
 
 fn default_max_context_bytes() -> u64 {
@@ -166,6 +181,21 @@ mod tests {
         assert_eq!(
             (creds.namespace.as_str(), creds.name.as_str()),
             ("gitea", "gitea-credential")
+        );
+    }
+
+    #[test]
+    fn a_build_takes_its_own_timeout_else_the_default() {
+        let config = ControllerConfig::default();
+        let own = config.build_timeout(Some("90s"));
+        assert_eq!(
+            (own.limit, own.text.as_str()),
+            (Duration::from_secs(90), "90s")
+        );
+        let default = config.build_timeout(None);
+        assert_eq!(
+            (default.limit, default.text.as_str()),
+            (Duration::from_secs(600), "10m")
         );
     }
 

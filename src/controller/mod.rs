@@ -307,6 +307,14 @@ fn users_of_secret(
         .collect()
 }
 
+/// Locks `mutex` even when a panic poisoned it: the maps the controller keeps behind locks are
+/// consistent between any two statements.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Starts the endpoint reader Pods send PersistentVolumeClaim contexts to.
 async fn serve_uploads(settings: pvc::ReaderSettings) -> Result<pvc::Readers, StartError> {
     let listener = tokio::net::TcpListener::bind(settings.listen)

@@ -24,7 +24,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::config::{ControllerConfig, parse_duration};
+use super::config::ControllerConfig;
 use super::error::Error;
 use super::reconcile::Context;
 use super::upload::{Expected, Uploads};
@@ -164,7 +164,7 @@ pub async fn fetch_context(
         .uploads
         .expect(into.to_owned(), source.receive_options(ib, &ctx.config))
         .map_err(|e| Error::Build(BuildError::Internal(e.to_string())))?;
-    let timeout = build_timeout(ib, &ctx.config);
+    let timeout = ctx.config.build_timeout(ib.spec.timeout.as_deref()).limit;
     let pod = reader_pod(ib, &source, &readers.settings, &expected, timeout)?;
     let created = pods.create(&PostParams::default(), &pod).await?;
     let reader = ReaderPod {
@@ -236,15 +236,6 @@ impl std::fmt::Display for ClaimSource {
             None => Ok(()),
         }
     }
-}
-
-/// The build's timeout, as the reconcile computes it.
-fn build_timeout(ib: &ImageBuild, config: &ControllerConfig) -> Duration {
-    ib.spec
-        .timeout
-        .as_deref()
-        .and_then(parse_duration)
-        .unwrap_or_else(|| config.default_timeout())
 }
 
 /// How long a reader may take to start: the timeout less a margin, so that a Pod stuck in

@@ -13,7 +13,7 @@ use kube::runtime::events::{EventType, Recorder};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::Semaphore;
 
-use super::config::{ControllerConfig, parse_duration};
+use super::config::ControllerConfig;
 use super::error::Error;
 use super::inputs::{self, ResolvedContext, ResolvedInputs};
 use super::status::{self, Readiness};
@@ -162,13 +162,8 @@ async fn build(
         .await;
     }
 
-    let timeout_text = ib
-        .spec
-        .timeout
-        .clone()
-        .unwrap_or_else(|| ctx.config.default_timeout.clone());
-    let timeout = parse_duration(&timeout_text).unwrap_or_else(|| ctx.config.default_timeout());
-    let outcome = build_and_push(ib, api, ctx, &inputs, &status, timeout).await;
+    let timeout = ctx.config.build_timeout(ib.spec.timeout.as_deref());
+    let outcome = build_and_push(ib, api, ctx, &inputs, &status, timeout.limit).await;
     ctx.metrics.builds_in_flight.dec();
     let seconds = started.elapsed().as_secs_f64();
     let pushed = match outcome {
@@ -181,7 +176,7 @@ async fn build(
         Ok(None) => {
             ctx.metrics.build_finished("Timeout", seconds);
             let error = Error::Timeout {
-                after: timeout_text,
+                after: timeout.text,
             };
             return record_failure(ib, api, ctx, error, Some((inputs.context_digest, attempts)))
                 .await;

@@ -8,7 +8,7 @@
 //! a change, a deletion, a relist) means one fresh read.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
@@ -27,11 +27,9 @@ pub struct SecretCache {
     read: Mutex<HashMap<Key, Arc<Secret>>>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The maps stay consistent whatever panicked while holding them: at worst a stale version
-    // means one more read.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
+// The maps stay consistent whatever panicked while holding them: at worst a stale version means
+// one more read.
+use super::lock;
 
 fn key_of(meta: &PartialObjectMeta<Secret>) -> Key {
     (meta.namespace().unwrap_or_default(), meta.name_any())

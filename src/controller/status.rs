@@ -36,7 +36,7 @@ pub fn next_status(ib: &ImageBuild, phase: Phase, readiness: Readiness<'_>) -> I
         type_: "Ready".into(),
         status: status_word.into(),
         reason: readiness.reason.into(),
-        message: truncate(&readiness.message, 1024),
+        message: crate::failure::truncate(&readiness.message, 1024),
         last_transition_time: transition,
         observed_generation: ib.metadata.generation,
     };
@@ -115,7 +115,7 @@ pub async fn event(
     let event = Event {
         type_,
         reason: reason.into(),
-        note: Some(truncate(&note, 1000)),
+        note: Some(crate::failure::truncate(&note, 1000)),
         action: "Build".into(),
         secondary: None,
     };
@@ -126,17 +126,6 @@ pub async fn event(
 
 pub fn now() -> Time {
     Time(Timestamp::now())
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }
 
 #[cfg(test)]

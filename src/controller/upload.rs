@@ -102,9 +102,7 @@ impl Uploads {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
         // A panic while holding the lock leaves a plain map behind: still usable.
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        super::lock(&self.pending)
     }
 }
 

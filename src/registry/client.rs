@@ -581,7 +581,7 @@ impl RegistryClient {
             return self.timeout(operation, timeout.unwrap_or(self.inner.timeouts.request));
         }
         let is_connect = error.is_connect();
-        let detail = error_chain(&error.without_url());
+        let detail = crate::failure::error_chain(&error.without_url());
         if is_connect {
             return RegistryError::Unreachable {
                 host,
@@ -781,20 +781,6 @@ fn endpoint_url(host: &str, endpoint: Option<&str>) -> Result<Url, RegistryError
         )));
     }
     Ok(url)
-}
-
-/// The messages of an error and its sources, without repeats.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut current = Some(error);
-    while let Some(e) = current {
-        let text = e.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        current = e.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]

@@ -432,11 +432,7 @@ fn excerpt(raw: &[u8]) -> String {
     if line.is_empty() {
         return "empty response body".to_owned();
     }
-    let mut short: String = line.chars().take(200).collect();
-    if line.chars().count() > 200 {
-        short.push('…');
-    }
-    short
+    crate::failure::truncate(line, 200)
 }
 
 /// What a request was doing, to classify a non-success status precisely.
