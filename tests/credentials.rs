@@ -18,95 +18,141 @@ const SETTLE: Duration = Duration::from_secs(120);
 const MIRROR_USER: &str = "mirror-user";
 const MIRROR_PASSWORD: &str = "mirror:p@ss";
 
-fn start_controller() {
-    drop(
-        ctl::shared_controller()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()),
-    );
+/// The Secret `creds` a case gives its ImageBuild.
+#[derive(Clone, Copy)]
+enum Given {
+    /// None: the chart's profile for Gitea gives the push its credentials.
+    Nothing,
+    /// `kubernetes.io/basic-auth` with Gitea's user and password.
+    BasicAuth,
+    /// `kubernetes.io/dockerconfigjson` with entries for these hosts (Gitea's credentials for
+    /// Gitea, the stand-in's own for the stand-in).
+    DockerConfig { gitea: bool, stand_in: bool },
 }
 
-/// A namespace holding Secret `ca` that trusts both Gitea and the stand-in.
-fn namespace_trusting(env: &TestEnv, stand_in: &RecordingRegistry, prefix: &str) -> ctl::Namespace {
-    let ns = ctl::namespace(prefix);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let gitea_ca = std::fs::read(&env.gitea_ca).expect("gitea ca");
-    let bundle = stand_in.write_ca_bundle(&gitea_ca, dir.path());
-    env.kubectl(&[
-        "create",
-        "secret",
-        "generic",
-        "ca",
-        "-n",
-        &ns,
-        &format!("--from-file=ca.crt={}", bundle.display()),
-    ]);
-    ns
+/// One controller build: an ImageBuild pushing to Gitea from the stand-in's base, in a
+/// namespace holding Secret `ca` (trusting both) and the `creds` the case gives.
+struct Case {
+    stand_in: RecordingRegistry,
+    ns: ctl::Namespace,
+    image: String,
+    /// The ImageBuild once settled.
+    ib: Value,
 }
 
-fn create_basic_auth_secret(env: &TestEnv, ns: &str, name: &str) {
-    env.kubectl(&[
-        "create",
-        "secret",
-        "generic",
-        name,
-        "-n",
-        ns,
-        "--type=kubernetes.io/basic-auth",
-        &format!("--from-literal=username={}", env.gitea_user),
-        &format!("--from-literal=password={}", env.gitea_password),
-    ]);
+impl Case {
+    fn run(prefix: &str, mode: Mode, given: Given) -> Self {
+        let env = common::env();
+        drop(
+            ctl::shared_controller()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        let stand_in = RecordingRegistry::start(mode);
+        let ns = ctl::namespace(prefix);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let gitea_ca = std::fs::read(&env.gitea_ca).expect("gitea ca");
+        let bundle = stand_in.write_ca_bundle(&gitea_ca, dir.path());
+        create_secret(
+            &ns,
+            "ca",
+            None,
+            &[("ca.crt", &format!("@{}", bundle.display()))],
+        );
+        let credentials = match given {
+            Given::Nothing => "",
+            Given::BasicAuth => {
+                create_secret(
+                    &ns,
+                    "creds",
+                    Some("kubernetes.io/basic-auth"),
+                    &[
+                        ("username", &env.gitea_user),
+                        ("password", &env.gitea_password),
+                    ],
+                );
+                "credentialsSecret: creds, "
+            }
+            Given::DockerConfig {
+                gitea,
+                stand_in: own,
+            } => {
+                let mut auths = serde_json::Map::new();
+                if gitea {
+                    let entry = serde_json::json!({"username": env.gitea_user, "password": env.gitea_password});
+                    auths.insert(format!("https://{}", env.gitea), entry);
+                }
+                if own {
+                    let entry =
+                        serde_json::json!({"username": MIRROR_USER, "password": MIRROR_PASSWORD});
+                    auths.insert(format!("https://{}", stand_in.host), entry);
+                }
+                let json = serde_json::json!({ "auths": auths }).to_string();
+                create_secret(
+                    &ns,
+                    "creds",
+                    Some("kubernetes.io/dockerconfigjson"),
+                    &[(".dockerconfigjson", &json)],
+                );
+                "credentialsSecret: creds, "
+            }
+        };
+        let image = env.gitea_image(&common::unique_name(prefix));
+        env.kubectl_apply(&format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: src, namespace: {ns}}}\ndata: {{app.txt: hello}}\n---\n\
+             apiVersion: imagebuild.dev/v1alpha1\nkind: ImageBuild\nmetadata: {{name: app, namespace: {ns}}}\n\
+             spec:\n  context: {{configMaps: [{{name: src}}]}}\n  image: {image}\n  from: {base}\n\
+             \x20 registry: {{{credentials}caSecret: {{name: ca, key: ca.crt}}}}\n",
+            ns = &*ns,
+            base = stand_in.base_ref(),
+        ));
+        let ib = ctl::wait_settled(&ns, "app", SETTLE);
+        Self {
+            stand_in,
+            ns,
+            image,
+            ib,
+        }
+    }
+
+    /// Fails unless the build is Ready on the stand-in's base and Gitea serves its digest.
+    fn assert_ready_on_the_stand_ins_base(&self) {
+        let (ready, reason, message) = ctl::ready(&self.ib).expect("Ready condition");
+        assert_eq!(ready, "True", "{reason}: {message}");
+        assert_eq!(
+            self.ib["status"]["baseDigest"].as_str(),
+            Some(self.stand_in.base_digest.as_str()),
+            "the base came from the stand-in"
+        );
+        assert_eq!(
+            ctl::registry_digest(common::env(), &self.image, "latest").as_deref(),
+            self.ib["status"]["digest"].as_str(),
+            "Gitea serves the pushed image"
+        );
+    }
 }
 
-/// A dockerconfigjson Secret with an entry for each of `hosts` (Gitea's credentials for Gitea,
-/// the stand-in's own for any other host).
-fn create_docker_config_secret(env: &TestEnv, ns: &str, name: &str, hosts: &[&str]) {
-    let auths: serde_json::Map<String, Value> = hosts
-        .iter()
-        .map(|host| {
-            let (user, password) = if *host == env.gitea {
-                (env.gitea_user.as_str(), env.gitea_password.as_str())
-            } else {
-                (MIRROR_USER, MIRROR_PASSWORD)
-            };
-            (
-                format!("https://{host}"),
-                serde_json::json!({"username": user, "password": password}),
-            )
-        })
-        .collect();
-    let json = serde_json::json!({ "auths": auths }).to_string();
-    env.kubectl(&[
-        "create",
-        "secret",
-        "generic",
-        name,
-        "-n",
-        ns,
-        "--type=kubernetes.io/dockerconfigjson",
-        &format!("--from-literal=.dockerconfigjson={json}"),
-    ]);
-}
-
-/// Applies a ConfigMap and an ImageBuild pushing to `image` from `base`, with `registry` as
-/// its `spec.registry`; returns the settled ImageBuild.
-fn build_in_cluster(ns: &str, image: &str, base: &str, registry: &str) -> Value {
-    common::env().kubectl_apply(&format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: src, namespace: {ns}}}\ndata: {{app.txt: hello}}\n---\n\
-         apiVersion: imagebuild.dev/v1alpha1\nkind: ImageBuild\nmetadata: {{name: app, namespace: {ns}}}\n\
-         spec:\n  context: {{configMaps: [{{name: src}}]}}\n  image: {image}\n  from: {base}\n  registry: {registry}\n"
-    ));
-    ctl::wait_settled(ns, "app", SETTLE)
-}
-
-fn assert_ready_on_the_stand_ins_base(ib: &Value, stand_in: &RecordingRegistry) {
-    let (ready, reason, message) = ctl::ready(ib).expect("Ready condition");
-    assert_eq!(ready, "True", "{reason}: {message}");
-    assert_eq!(
-        ib["status"]["baseDigest"].as_str(),
-        Some(stand_in.base_digest.as_str()),
-        "the base came from the stand-in"
-    );
+/// `kubectl create secret generic NAME [--type TYPE] --from-literal/--from-file ...`; a value
+/// starting with `@` is a file.
+fn create_secret(ns: &str, name: &str, kind: Option<&str>, data: &[(&str, &str)]) {
+    let mut args = vec![
+        "create".to_owned(),
+        "secret".into(),
+        "generic".into(),
+        name.into(),
+    ];
+    args.extend(["-n".to_owned(), ns.to_owned()]);
+    if let Some(kind) = kind {
+        args.push(format!("--type={kind}"));
+    }
+    for (key, value) in data {
+        args.push(match value.strip_prefix('@') {
+            Some(path) => format!("--from-file={key}={path}"),
+            None => format!("--from-literal={key}={value}"),
+        });
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    common::env().kubectl(&args);
 }
 
 /// Fails unless the stand-in was asked for the base at all, and no request carried anything
@@ -123,60 +169,9 @@ fn assert_all_anonymous(seen: &[Seen]) {
     );
 }
 
-/// Fails when any request carried Gitea's password.
-fn assert_no_gitea_password(env: &TestEnv, seen: &[Seen]) {
-    let gitea = basic(&env.gitea_user, &env.gitea_password);
-    let leaked: Vec<&Seen> = seen
-        .iter()
-        .filter(|s| s.authorization.as_deref() == Some(gitea.as_str()))
-        .collect();
-    assert!(
-        leaked.is_empty(),
-        "Gitea's password reached the stand-in: {leaked:#?}"
-    );
-}
-
-#[test]
-#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
-fn a_basic_auth_secret_is_not_sent_to_a_base_image_on_another_host() {
-    let env = common::env();
-    start_controller();
-    let stand_in = RecordingRegistry::start(Mode::Anonymous);
-    let ns = namespace_trusting(env, &stand_in, "cred-basic");
-    create_basic_auth_secret(env, &ns, "creds");
-    let image = env.gitea_image(&common::unique_name("cred-basic"));
-    let ib = build_in_cluster(
-        &ns,
-        &image,
-        &stand_in.base_ref(),
-        "{credentialsSecret: creds, caSecret: {name: ca, key: ca.crt}}",
-    );
-    assert_ready_on_the_stand_ins_base(&ib, &stand_in);
-    assert_all_anonymous(&stand_in.seen());
-    // Gitea got them: the image is there.
-    assert_eq!(
-        ctl::registry_digest(env, &image, "latest").as_deref(),
-        ib["status"]["digest"].as_str()
-    );
-}
-
-#[test]
-#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
-fn a_dockerconfigjson_sends_each_host_its_own_entry() {
-    let env = common::env();
-    start_controller();
-    let stand_in = RecordingRegistry::start(Mode::Anonymous);
-    let ns = namespace_trusting(env, &stand_in, "cred-docker");
-    create_docker_config_secret(env, &ns, "creds", &[&env.gitea, &stand_in.host]);
-    let image = env.gitea_image(&common::unique_name("cred-docker"));
-    let ib = build_in_cluster(
-        &ns,
-        &image,
-        &stand_in.base_ref(),
-        "{credentialsSecret: creds, caSecret: {name: ca, key: ca.crt}}",
-    );
-    assert_ready_on_the_stand_ins_base(&ib, &stand_in);
-    let seen = stand_in.seen();
+/// Fails unless every request to the stand-in's registry carried `allowed` (its own entry, or
+/// a token when `tokens`) and nothing else.
+fn assert_only_its_own_credentials(seen: &[Seen], tokens: bool) {
     let own = basic(MIRROR_USER, MIRROR_PASSWORD);
     assert!(
         seen.iter().any(|s| s.path.contains("/manifests/")),
@@ -184,109 +179,104 @@ fn a_dockerconfigjson_sends_each_host_its_own_entry() {
     );
     let other: Vec<&Seen> = seen
         .iter()
-        .filter(|s| s.authorization.as_deref() != Some(own.as_str()))
+        .filter(|s| s.server == "registry")
+        .filter(|s| {
+            let auth = s.authorization.as_deref().unwrap_or_default();
+            let token = tokens && (auth.is_empty() || auth.starts_with("Bearer "));
+            auth != own && !token
+        })
         .collect();
     assert!(
         other.is_empty(),
-        "every request to the stand-in carries its own entry, and only that: {other:#?}"
+        "the stand-in received other credentials than its own: {other:#?}"
     );
 }
 
 #[test]
 #[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
+fn a_basic_auth_secret_is_not_sent_to_a_base_image_on_another_host() {
+    let case = Case::run("cred-basic", Mode::Anonymous, Given::BasicAuth);
+    case.assert_ready_on_the_stand_ins_base();
+    assert_all_anonymous(&case.stand_in.seen());
+}
+
+#[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
+fn a_dockerconfigjson_sends_each_host_its_own_entry() {
+    let both = Given::DockerConfig {
+        gitea: true,
+        stand_in: true,
+    };
+    let case = Case::run("cred-docker", Mode::Anonymous, both);
+    case.assert_ready_on_the_stand_ins_base();
+    assert_only_its_own_credentials(&case.stand_in.seen(), false);
+}
+
+#[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn a_dockerconfigjson_without_an_entry_for_the_base_host_pulls_it_anonymously() {
-    let env = common::env();
-    start_controller();
-    let stand_in = RecordingRegistry::start(Mode::Anonymous);
-    let ns = namespace_trusting(env, &stand_in, "cred-noentry");
-    create_docker_config_secret(env, &ns, "creds", &[&env.gitea]);
-    let image = env.gitea_image(&common::unique_name("cred-noentry"));
-    let ib = build_in_cluster(
-        &ns,
-        &image,
-        &stand_in.base_ref(),
-        "{credentialsSecret: creds, caSecret: {name: ca, key: ca.crt}}",
-    );
-    assert_ready_on_the_stand_ins_base(&ib, &stand_in);
-    assert_all_anonymous(&stand_in.seen());
+    let gitea_only = Given::DockerConfig {
+        gitea: true,
+        stand_in: false,
+    };
+    let case = Case::run("cred-noentry", Mode::Anonymous, gitea_only);
+    case.assert_ready_on_the_stand_ins_base();
+    assert_all_anonymous(&case.stand_in.seen());
 }
 
 #[test]
 #[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn a_dockerconfigjson_without_an_entry_for_the_target_fails_naming_the_hosts_it_holds() {
     let env = common::env();
-    start_controller();
-    let stand_in = RecordingRegistry::start(Mode::Anonymous);
-    let ns = namespace_trusting(env, &stand_in, "cred-notarget");
-    create_docker_config_secret(env, &ns, "creds", &[&stand_in.host]);
-    let image = env.gitea_image(&common::unique_name("cred-notarget"));
-    let ib = build_in_cluster(
-        &ns,
-        &image,
-        &stand_in.base_ref(),
-        "{credentialsSecret: creds, caSecret: {name: ca, key: ca.crt}}",
-    );
-    let (ready, reason, message) = ctl::ready(&ib).expect("Ready condition");
+    let base_only = Given::DockerConfig {
+        gitea: false,
+        stand_in: true,
+    };
+    let case = Case::run("cred-notarget", Mode::Anonymous, base_only);
+    let (ready, reason, message) = ctl::ready(&case.ib).expect("Ready condition");
     assert_eq!(
         (ready.as_str(), reason.as_str()),
         ("False", "SecretInvalid"),
         "{message}"
     );
-    for needle in [
-        format!("Secret {ns}/creds"),
-        env.gitea.clone(),
-        stand_in.host.clone(),
-    ] {
+    let secret = format!("Secret {}/creds", &*case.ns);
+    for needle in [&secret, &env.gitea, &case.stand_in.host] {
         assert!(
-            message.contains(&needle),
+            message.contains(needle.as_str()),
             "`{needle}` missing from: {message}"
         );
     }
     assert!(!message.contains(MIRROR_PASSWORD), "{message}");
     assert_eq!(
-        ctl::registry_digest(env, &image, "latest"),
+        ctl::registry_digest(env, &case.image, "latest"),
         None,
         "nothing was pushed"
     );
-    assert_eq!(stand_in.seen(), Vec::new(), "nothing was fetched either");
+    assert_eq!(
+        case.stand_in.seen(),
+        Vec::new(),
+        "nothing was fetched either"
+    );
 }
 
 #[test]
 #[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn profile_credentials_stay_with_the_profiles_host() {
-    let env = common::env();
-    start_controller();
-    let stand_in = RecordingRegistry::start(Mode::Anonymous);
-    let ns = namespace_trusting(env, &stand_in, "cred-profile");
-    let image = env.gitea_image(&common::unique_name("cred-profile"));
-    // No Secret of its own: the chart's profile for Gitea gives the push its credentials.
-    let ib = build_in_cluster(
-        &ns,
-        &image,
-        &stand_in.base_ref(),
-        "{caSecret: {name: ca, key: ca.crt}}",
-    );
-    assert_ready_on_the_stand_ins_base(&ib, &stand_in);
-    assert_all_anonymous(&stand_in.seen());
+    let case = Case::run("cred-profile", Mode::Anonymous, Given::Nothing);
+    case.assert_ready_on_the_stand_ins_base();
+    assert_all_anonymous(&case.stand_in.seen());
 }
 
 #[test]
 #[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn a_token_realm_on_a_foreign_host_is_asked_without_credentials() {
-    let env = common::env();
-    start_controller();
-    let stand_in = RecordingRegistry::start(Mode::ForeignRealm);
-    let ns = namespace_trusting(env, &stand_in, "cred-realm");
-    create_docker_config_secret(env, &ns, "creds", &[&env.gitea, &stand_in.host]);
-    let image = env.gitea_image(&common::unique_name("cred-realm"));
-    let ib = build_in_cluster(
-        &ns,
-        &image,
-        &stand_in.base_ref(),
-        "{credentialsSecret: creds, caSecret: {name: ca, key: ca.crt}}",
-    );
-    assert_ready_on_the_stand_ins_base(&ib, &stand_in);
-    let seen = stand_in.seen();
+    let both = Given::DockerConfig {
+        gitea: true,
+        stand_in: true,
+    };
+    let case = Case::run("cred-realm", Mode::ForeignRealm, both);
+    case.assert_ready_on_the_stand_ins_base();
+    let seen = case.stand_in.seen();
     let realm: Vec<&Seen> = seen.iter().filter(|s| s.server == "realm").collect();
     assert!(
         !realm.is_empty(),
@@ -296,20 +286,7 @@ fn a_token_realm_on_a_foreign_host_is_asked_without_credentials() {
         realm.iter().all(|s| s.authorization.is_none()),
         "the foreign realm was sent credentials: {realm:#?}"
     );
-    let own = basic(MIRROR_USER, MIRROR_PASSWORD);
-    let bad: Vec<&Seen> = seen
-        .iter()
-        .filter(|s| s.server == "registry")
-        .filter(|s| {
-            let auth = s.authorization.as_deref().unwrap_or_default();
-            !(auth.is_empty() || auth == own || auth.starts_with("Bearer "))
-        })
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "the registry saw foreign credentials: {bad:#?}"
-    );
-    assert_no_gitea_password(env, &seen);
+    assert_only_its_own_credentials(&seen, true);
 }
 
 /// An ImageBuild file for the CLI: `--context` supplies the files.

@@ -108,7 +108,7 @@ impl Drop for Controller {
 
 fn install(image: &str) {
     let env = env();
-    env.kubectl_apply(&cluster::restricted_namespace_yaml(RELEASE_NS));
+    env.kubectl_apply(&common::restricted_namespace_yaml(RELEASE_NS));
     let (repository, digest) = image
         .split_once('@')
         .unwrap_or_else(|| panic!("{image} is not pinned by digest"));

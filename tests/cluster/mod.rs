@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::thread::sleep;
@@ -12,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{self, TestEnv, env, output, unique_name};
+pub use crate::common::Namespace;
+use crate::common::{self, TestEnv, env};
 
 /// The node's variables (target/testenv/node.sh) on top of the environment's.
 pub struct Node {
@@ -80,44 +80,12 @@ fn start_node() -> Result<Node, String> {
         started_in = Some(started.elapsed());
         eprintln!("node-up.sh took {:.1} s", started.elapsed().as_secs_f64());
     }
-    let vars = source(&[&env.dir.join("env.sh"), &env.dir.join("node.sh")])?;
+    let vars = common::source_vars(&[&env.dir.join("env.sh"), &env.dir.join("node.sh")])?;
     Ok(Node {
         env,
         vars,
         started_in,
     })
-}
-
-fn source(files: &[&Path]) -> Result<BTreeMap<String, String>, String> {
-    let mut script = String::new();
-    for (i, _) in files.iter().enumerate() {
-        script.push_str(&format!("source \"${}\" && ", i + 1));
-    }
-    script.push_str("env -0");
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(script)
-        .arg("bash")
-        .args(files)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("sourcing {files:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "sourcing {files:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(out
-        .stdout
-        .split(|b| *b == 0)
-        .filter_map(|e| {
-            let e = String::from_utf8_lossy(e);
-            let (k, v) = e.split_once('=')?;
-            k.starts_with("IMAGEBUILD_")
-                .then(|| (k.to_string(), v.to_string()))
-        })
-        .collect())
 }
 
 /// The Pod securityContext the `restricted` level asks for.
@@ -126,42 +94,8 @@ pub const RESTRICTED_POD: &str = "{runAsNonRoot: true, runAsUser: 65532, runAsGr
 pub const RESTRICTED_CONTAINER: &str =
     "{allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}";
 
-/// Namespace YAML that enforces the `restricted` Pod Security level.
-pub fn restricted_namespace_yaml(name: &str) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: {name}
-  labels:
-    pod-security.kubernetes.io/enforce: restricted
-    pod-security.kubernetes.io/enforce-version: latest
-"#
-    )
-}
-
-/// A namespace enforcing the `restricted` Pod Security level; deleted when dropped (also when
-/// the test fails).
-pub struct Namespace {
-    pub name: String,
-}
-
+/// Commands in a test's namespace (the guard itself is the harness's [`Namespace`]).
 impl Namespace {
-    pub fn restricted(prefix: &str) -> Namespace {
-        let name = unique_name(prefix);
-        let out = env().kubectl_stdin(
-            &["apply", "--server-side", "-f", "-"],
-            &restricted_namespace_yaml(&name),
-        );
-        assert!(
-            out.status.success(),
-            "namespace {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Namespace { name }
-    }
-
     pub fn apply(&self, yaml: &str) {
         let out = env().kubectl_stdin(&["apply", "-n", &self.name, "-f", "-"], yaml);
         assert!(
@@ -259,16 +193,5 @@ impl Namespace {
             self.describe(&obj)
         );
         log
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ =
-            output(
-                env()
-                    .cmd("kubectl")
-                    .args(["delete", "namespace", &self.name, "--wait=false"]),
-            );
     }
 }

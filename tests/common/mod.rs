@@ -7,6 +7,8 @@
 //! that up.sh writes to `target/testenv/env.sh`.
 #![allow(dead_code)]
 
+pub mod tls_server;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::Write;
@@ -99,31 +101,7 @@ fn start_and_load() -> Result<TestEnv, String> {
 impl TestEnv {
     /// Reads env.sh the way a shell does: sources it and dumps the environment.
     pub fn load(env_sh: &Path) -> Result<TestEnv, String> {
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg(r#"source "$1" && env -0"#)
-            .arg("bash")
-            .arg(env_sh)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("sourcing {}: {e}", env_sh.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "sourcing {} failed: {}",
-                env_sh.display(),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let vars: BTreeMap<String, String> = out
-            .stdout
-            .split(|b| *b == 0)
-            .filter_map(|entry| {
-                let entry = String::from_utf8_lossy(entry);
-                let (k, v) = entry.split_once('=')?;
-                (k == "PATH" || k == "KUBECONFIG" || k.starts_with("IMAGEBUILD_"))
-                    .then(|| (k.to_string(), v.to_string()))
-            })
-            .collect();
+        let vars = source_vars(&[env_sh])?;
         let get = |k: &str| {
             vars.get(k)
                 .cloned()
@@ -251,6 +229,96 @@ impl TestEnv {
             &dir.path().join("bundle").to_string_lossy(),
         ]));
         dir
+    }
+}
+
+/// The variables a shell has after sourcing `files` in order (PATH, KUBECONFIG and the
+/// `IMAGEBUILD_` ones).
+pub fn source_vars(files: &[&Path]) -> Result<BTreeMap<String, String>, String> {
+    let mut script = String::new();
+    for i in 1..=files.len() {
+        script.push_str(&format!("source \"${i}\" && "));
+    }
+    script.push_str("env -0");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .arg("bash")
+        .args(files)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("sourcing {files:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "sourcing {files:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(out
+        .stdout
+        .split(|b| *b == 0)
+        .filter_map(|entry| {
+            let entry = String::from_utf8_lossy(entry);
+            let (k, v) = entry.split_once('=')?;
+            (k == "PATH" || k == "KUBECONFIG" || k.starts_with("IMAGEBUILD_"))
+                .then(|| (k.to_string(), v.to_string()))
+        })
+        .collect())
+}
+
+/// Namespace YAML that enforces the `restricted` Pod Security level.
+pub fn restricted_namespace_yaml(name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    \
+         pod-security.kubernetes.io/enforce: restricted\n    \
+         pod-security.kubernetes.io/enforce-version: latest\n"
+    )
+}
+
+/// A namespace for one test, deleted when the test ends (pass or fail), so that controllers of
+/// later test binaries, which watch every namespace, do not inherit its objects.
+pub struct Namespace {
+    pub name: String,
+}
+
+impl Namespace {
+    /// A plain namespace named after `prefix`.
+    pub fn create(prefix: &str) -> Namespace {
+        let name = unique_name(prefix);
+        env().kubectl(&["create", "namespace", &name]);
+        Namespace { name }
+    }
+
+    /// A namespace that enforces the `restricted` Pod Security level.
+    pub fn restricted(prefix: &str) -> Namespace {
+        let name = unique_name(prefix);
+        let yaml = restricted_namespace_yaml(&name);
+        let out = env().kubectl_stdin(&["apply", "--server-side", "-f", "-"], &yaml);
+        assert!(
+            out.status.success(),
+            "namespace {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Namespace { name }
+    }
+}
+
+impl std::ops::Deref for Namespace {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::fmt::Display for Namespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = env().kubectl_output(&["delete", "namespace", &self.name, "--wait=false"]);
     }
 }
 

@@ -315,33 +315,11 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
-/// A namespace for one test, deleted when the test ends (pass or fail), so that controllers of
-/// later test binaries, which watch every namespace, do not inherit its ImageBuilds.
-pub struct Namespace(String);
+pub use crate::common::Namespace;
 
-impl std::ops::Deref for Namespace {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for Namespace {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = common::env().kubectl_output(&["delete", "namespace", &self.0, "--wait=false"]);
-    }
-}
-
+/// A namespace for one test, deleted when the test ends.
 pub fn namespace(prefix: &str) -> Namespace {
-    let ns = common::unique_name(prefix);
-    common::env().kubectl(&["create", "namespace", &ns]);
-    Namespace(ns)
+    Namespace::create(prefix)
 }
 
 /// The ImageBuild as JSON.

@@ -19,8 +19,7 @@ use futures::StreamExt;
 use http_body_util::{BodyExt, BodyStream, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::net::TcpListener;
 
 /// One kind of injected fault.
@@ -156,7 +155,8 @@ impl FaultProxy {
     /// Starts a proxy to `https://{upstream}` whose certificate is pinned to `upstream_ca_pem`.
     pub fn start(upstream: &str, upstream_ca_pem: &[u8], cert: CertSpec, plan: Plan) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let (cert_pem, server_config) = server_tls(&cert);
+        let (cert_pem, server_config) =
+            crate::common::tls_server::server_tls(&cert.names, cert.expired, cert.issued_by_ca);
         let client = upstream_client(upstream_ca_pem);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -179,7 +179,10 @@ impl FaultProxy {
         });
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
         runtime.spawn(async move {
-            let serve = accept_loop(listener, acceptor, shared);
+            let serve = crate::common::tls_server::serve(listener, acceptor, move |req| {
+                let shared = shared.clone();
+                async move { handle(req, &shared).await }
+            });
             // Bounded in time: the proxy ends by itself.
             let _ = tokio::time::timeout(lifetime, serve).await;
         });
@@ -209,32 +212,6 @@ impl Drop for FaultProxy {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    shared: Arc<Shared>,
-) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
-        let acceptor = acceptor.clone();
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else {
-                return;
-            };
-            let service = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { handle(req, &shared).await }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await;
-        });
     }
 }
 
@@ -467,39 +444,6 @@ async fn forward(
     Ok(builder
         .body(BodyExt::boxed(StreamBody::new(stream)))
         .expect("response"))
-}
-
-fn server_tls(spec: &CertSpec) -> (String, rustls::ServerConfig) {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let mut params = CertificateParams::new(spec.names.clone()).expect("params");
-    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    params.not_after = if spec.expired {
-        rcgen::date_time_ymd(2021, 1, 1)
-    } else {
-        rcgen::date_time_ymd(2099, 1, 1)
-    };
-    let (cert, trusted_pem) = if spec.issued_by_ca {
-        let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("CA key");
-        let mut ca = CertificateParams::new(Vec::new()).expect("CA params");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(rcgen::DnType::CommonName, "fault proxy CA");
-        let ca_pem = ca.self_signed(&ca_key).expect("CA").pem();
-        let issuer = rcgen::Issuer::new(ca, ca_key);
-        let cert = params.signed_by(&key, &issuer).expect("leaf");
-        (cert, ca_pem)
-    } else {
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let cert = params.self_signed(&key).expect("self-signed");
-        let pem = cert.pem();
-        (cert, pem)
-    };
-    let der = PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], der)
-        .expect("server config");
-    (trusted_pem, config)
 }
 
 /// A client to the upstream that trusts exactly its certificate (Gitea's is CA:true, used as

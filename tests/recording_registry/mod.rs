@@ -18,8 +18,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-use rustls_pki_types::PrivateKeyDer;
 use tokio::net::TcpListener;
 
 /// The name the stand-in registry serves under.
@@ -97,8 +95,8 @@ struct Shared {
 
 impl RecordingRegistry {
     pub fn start(mode: Mode) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let (cert_pem, tls) = server_tls(&[MIRROR_HOST, AUTH_HOST]);
+        let names = [MIRROR_HOST.to_owned(), AUTH_HOST.to_owned()];
+        let (cert_pem, tls) = crate::common::tls_server::server_tls(&names, false, false);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -129,7 +127,11 @@ impl RecordingRegistry {
         });
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         for (listener, server) in [(registry, "registry"), (realm, "realm")] {
-            let serve = accept_loop(listener, acceptor.clone(), shared.clone(), server);
+            let shared = shared.clone();
+            let serve = crate::common::tls_server::serve(listener, acceptor.clone(), move |req| {
+                let answer = handle(req, &shared, server);
+                async move { Ok::<_, Infallible>(answer) }
+            });
             runtime.spawn(async move {
                 let _ = tokio::time::timeout(Duration::from_secs(600), serve).await;
             });
@@ -178,33 +180,6 @@ impl Drop for RecordingRegistry {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    shared: Arc<Shared>,
-    server: &'static str,
-) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
-        let acceptor = acceptor.clone();
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else {
-                return;
-            };
-            let service = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(req, &shared, server)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await;
-        });
     }
 }
 
@@ -347,22 +322,4 @@ fn base_image() -> Image {
         manifest,
         blobs: vec![(sha256(&config), config), (sha256(&layer), layer)],
     }
-}
-
-/// A self-signed CA:true certificate for `names` (idpbuilder's kind) and the server config.
-fn server_tls(names: &[&str]) -> (String, rustls::ServerConfig) {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let mut params =
-        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-            .expect("params");
-    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2099, 1, 1);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let cert = params.self_signed(&key).expect("self-signed");
-    let der = PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], der)
-        .expect("server config");
-    (cert.pem(), config)
 }
