@@ -7,18 +7,15 @@ pub mod api;
 pub mod build;
 pub mod cli;
 pub mod cluster;
-pub mod context;
 pub mod controller;
 pub mod crd;
-pub mod failure;
-pub mod image;
-pub mod layer;
-pub mod layout;
 pub mod metrics;
-pub mod oci;
-pub mod reference;
-pub mod registry;
 pub mod server;
 pub mod telemetry;
 pub mod transfer;
 pub mod yaml;
+
+// The builder and the registry client are crates of their own (crates/): the compiler keeps
+// Kubernetes out of both and HTTP out of the builder. Their modules keep their paths here.
+pub use imagebuild_builder::{context, failure, image, layer, layout, oci, reference};
+pub use imagebuild_registry as registry;

@@ -24,8 +24,9 @@ use bytes::Bytes;
 pub use dockerignore::{ExcludeRules, dockerignore_patterns};
 pub use items::{ARCHIVE_EXTENSIONS, archive_stem};
 pub(crate) use tree::segment_problem;
-// The PVC context receiver (crate::transfer) unpacks a tar stream with the same rules.
-pub(crate) use tree::{
+// The PVC context receiver (imagebuild's transfer module) unpacks a tar stream with the same
+// rules.
+pub use tree::{
     TreeBuilder, escaped, link_target_problem, normalised_file_mode, path_problem,
     symlink_stays_inside,
 };

@@ -17,6 +17,9 @@ mod retry;
 mod streamed;
 mod tls;
 
+// The builder's vocabulary, as the registry client's own paths (`crate::oci`, ...).
+use imagebuild_builder::{failure, oci, reference};
+
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
