@@ -33,8 +33,9 @@ pub struct ResolvedInputs {
     pub target: RegistryAccess,
     /// Access for the base image's host when it differs from the target's.
     pub base: Option<RegistryAccess>,
-    /// Hash of files, spec, rebuild annotation and the registry settings' versions.
-    pub context_digest: String,
+    /// Hash of files, spec, rebuild annotation and the registry settings' versions; written to
+    /// `status.contextDigest` (the API's name for it).
+    pub inputs_digest: String,
 }
 
 /// Reads the ConfigMaps and Secrets the ImageBuild names.
@@ -104,7 +105,7 @@ pub async fn resolve(
         context,
         target,
         base,
-        context_digest: digest.finish(),
+        inputs_digest: digest.finish(),
     })
 }
 

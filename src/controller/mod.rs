@@ -35,7 +35,7 @@ use crate::registry::canonical_host;
 use crate::server::{self, Health};
 use config::{ConfigError, ControllerConfig};
 use leader::{Elector, LeaseSettings};
-use reconcile::Context;
+use reconcile::Shared;
 
 /// How the controller process runs (flags of `imagebuild controller`).
 #[derive(Debug, Clone)]
@@ -129,7 +129,7 @@ pub async fn run(options: Options) -> Result<(), StartError> {
         None
     };
 
-    let ctx = Arc::new(Context {
+    let shared = Arc::new(Shared {
         client: client.clone(),
         recorder: Recorder::new(
             client.clone(),
@@ -160,13 +160,13 @@ pub async fn run(options: Options) -> Result<(), StartError> {
     let stop = async move {
         let _ = stop_rx.await;
     };
-    controller(client, ctx, health, options.concurrency, stop).await;
+    controller(client, shared, health, options.concurrency, stop).await;
     Ok(())
 }
 
 async fn controller(
     client: Client,
-    ctx: Arc<Context>,
+    shared: Arc<Shared>,
     health: Health,
     concurrency: u16,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -203,7 +203,7 @@ async fn controller(
         watcher::Config::default(),
     )
     .touched_objects();
-    let secret_cache = ctx.clone();
+    let secret_cache = shared.clone();
     let secrets = watcher(
         Api::<PartialObjectMeta<Secret>>::all(client.clone()),
         watcher::Config::default(),
@@ -212,7 +212,7 @@ async fn controller(
     .touched_objects();
     let cm_store = store.clone();
     let secret_store = store;
-    let secret_ctx = ctx.clone();
+    let secret_shared = shared.clone();
     controller
         .watches_stream(config_maps, move |cm| {
             users_of_config_map(
@@ -224,13 +224,13 @@ async fn controller(
         .watches_stream(secrets, move |secret| {
             users_of_secret(
                 &secret_store,
-                &secret_ctx.config,
+                &secret_shared.config,
                 &secret.namespace().unwrap_or_default(),
                 &secret.name_any(),
             )
         })
         .graceful_shutdown_on(stop)
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .run(reconcile::reconcile, reconcile::error_policy, shared)
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "reconcile ended with an error");

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use super::config::ControllerConfig;
 use super::error::Error;
-use super::reconcile::Context;
+use super::reconcile::Shared;
 use super::upload::{Expected, Uploads};
 use crate::api::{ImageBuild, PvcSource};
 use crate::build::BuildError;
@@ -142,29 +142,32 @@ fn default_resources() -> ResourceRequirements {
 
 /// Copies the files of `claim` (below its `subPath`) into the directory `into`.
 pub async fn fetch_context(
-    ctx: &Context,
+    shared: &Shared,
     ib: &ImageBuild,
     claim: &PvcSource,
     into: &Path,
 ) -> Result<(), Error> {
-    let readers = ctx.readers.as_ref().ok_or(Error::PvcUnsupported)?;
+    let readers = shared.readers.as_ref().ok_or(Error::PvcUnsupported)?;
     let namespace = ib.namespace().unwrap_or_default();
     let source = ClaimSource::new(&namespace, claim)?;
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(shared.client.clone(), &namespace);
     if claims.get_opt(&claim.claim_name).await?.is_none() {
         return Err(Error::ClaimNotFound {
             namespace,
             name: claim.claim_name.clone(),
         });
     }
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pods: Api<Pod> = Api::namespaced(shared.client.clone(), &namespace);
     remove_earlier_readers(&pods, ib).await?;
 
     let mut expected = readers
         .uploads
-        .expect(into.to_owned(), source.receive_options(ib, &ctx.config))
+        .expect(into.to_owned(), source.receive_options(ib, &shared.config))
         .map_err(|e| Error::Build(BuildError::Internal(e.to_string())))?;
-    let timeout = ctx.config.build_timeout(ib.spec.timeout.as_deref()).limit;
+    let timeout = shared
+        .config
+        .build_timeout(ib.spec.timeout.as_deref())
+        .limit;
     let pod = reader_pod(ib, &source, &readers.settings, &expected, timeout)?;
     let created = pods.create(&PostParams::default(), &pod).await?;
     let reader = ReaderPod {
@@ -175,7 +178,7 @@ pub async fn fetch_context(
     tracing::info!(pod = %reader.name, claim = %source, "reader Pod created");
     let start_by = Instant::now() + start_allowance(timeout);
     let outcome = Fetch {
-        ctx,
+        shared,
         reader: &reader,
         source: &source,
         timeout,
@@ -277,13 +280,13 @@ fn reader_pod(
         format!("{}{}", settings.url, expected.path()),
     ]);
     let owner = ib.controller_owner_ref(&());
-    // Room for "-ctx-" and the five random characters generateName adds.
+    // Room for "-shared-" and the five random characters generateName adds.
     let prefix: String = name.chars().take(40).collect();
     let pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "generateName": format!("{}-ctx-", prefix.trim_end_matches(['-', '.'])),
+            "generateName": format!("{}-shared-", prefix.trim_end_matches(['-', '.'])),
             "namespace": source.namespace,
             "labels": labels,
             "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
@@ -489,7 +492,7 @@ fn pod_says_why_waiting(pod: &Pod) -> Option<String> {
 
 /// One fetch in progress.
 struct Fetch<'a> {
-    ctx: &'a Context,
+    shared: &'a Shared,
     reader: &'a ReaderPod,
     source: &'a ClaimSource,
     timeout: Duration,
@@ -627,7 +630,8 @@ impl Fetch<'_> {
 
     /// The most recent Warning event about the reader Pod (FailedMount, FailedScheduling...).
     async fn latest_warning(&self) -> Option<String> {
-        let events: Api<Event> = Api::namespaced(self.ctx.client.clone(), &self.source.namespace);
+        let events: Api<Event> =
+            Api::namespaced(self.shared.client.clone(), &self.source.namespace);
         let params = ListParams::default().fields(&format!(
             "regarding.kind=Pod,regarding.name={}",
             self.reader.name

@@ -21,8 +21,9 @@ use crate::api::{DeletionPolicy, FINALIZER, ImageBuild, Phase};
 use crate::build::{self, BuildJob, ContextSource};
 use crate::metrics::Metrics;
 
-/// Shared by every reconcile.
-pub struct Context {
+/// What every reconcile shares: clients, configuration, build slots, caches. (Not the build
+/// context: that is the files of an ImageBuild.)
+pub struct Shared {
     pub client: Client,
     pub config: ControllerConfig,
     pub recorder: Recorder,
@@ -38,21 +39,21 @@ pub struct Context {
 /// Quiet re-check of a built image (nothing is uploaded when inputs are unchanged).
 const RESYNC: Duration = Duration::from_secs(3600);
 
-pub async fn reconcile(ib: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.metrics.reconciles.inc();
+pub async fn reconcile(ib: Arc<ImageBuild>, shared: Arc<Shared>) -> Result<Action, Error> {
+    shared.metrics.reconciles.inc();
     let api: Api<ImageBuild> =
-        Api::namespaced(ctx.client.clone(), &ib.namespace().unwrap_or_default());
+        Api::namespaced(shared.client.clone(), &ib.namespace().unwrap_or_default());
     if ib.metadata.deletion_timestamp.is_some() {
-        return finalize(&ib, &api, &ctx).await;
+        return finalize(&ib, &api, &shared).await;
     }
     sync_finalizer(&ib, &api).await?;
 
-    let inputs = match inputs::resolve(&ib, &ctx.client, &ctx.config, &ctx.secrets).await {
+    let inputs = match inputs::resolve(&ib, &shared.client, &shared.config, &shared.secrets).await {
         Ok(inputs) => inputs,
         Err(Error::Kube(e)) => return Err(Error::Kube(e)),
-        Err(error) => return record_failure(&ib, &api, &ctx, error, None).await,
+        Err(error) => return record_failure(&ib, &api, &shared, error, None).await,
     };
-    if let Some(action) = wait_or_skip(&ib, &inputs.context_digest) {
+    if let Some(action) = wait_or_skip(&ib, &inputs.inputs_digest) {
         return Ok(action);
     }
     // The cache can lag behind this controller's own last status write: a reconcile queued by
@@ -60,9 +61,9 @@ pub async fn reconcile(ib: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action,
     // delivered its final status. Deciding on the cache would build a finished generation again
     // and write its final status twice; the API server's copy settles it.
     let current = api.get(&ib.name_any()).await?;
-    match recheck(&ib, &current, &inputs.context_digest) {
+    match recheck(&ib, &current, &inputs.inputs_digest) {
         Recheck::Skip(action) => Ok(action),
-        Recheck::Build => build(&current, &api, &ctx, inputs).await,
+        Recheck::Build => build(&current, &api, &shared, inputs).await,
     }
 }
 
@@ -113,22 +114,22 @@ fn wait_or_skip(ib: &ImageBuild, context_digest: &str) -> Option<Action> {
 async fn build(
     ib: &ImageBuild,
     api: &Api<ImageBuild>,
-    ctx: &Arc<Context>,
+    shared: &Arc<Shared>,
     inputs: ResolvedInputs,
 ) -> Result<Action, Error> {
     let previous = ib.status.clone().unwrap_or_default();
-    let attempts = if previous.context_digest.as_deref() == Some(&inputs.context_digest) {
+    let attempts = if previous.context_digest.as_deref() == Some(&inputs.inputs_digest) {
         previous.attempts.unwrap_or(0) + 1
     } else {
         1
     };
-    ctx.metrics.queue_depth.inc();
-    let slot = ctx.build_slots.acquire().await;
-    ctx.metrics.queue_depth.dec();
+    shared.metrics.queue_depth.inc();
+    let slot = shared.build_slots.acquire().await;
+    shared.metrics.queue_depth.dec();
     let Ok(_slot) = slot else {
         return Ok(Action::requeue(Duration::from_secs(1)));
     };
-    ctx.metrics.builds_in_flight.inc();
+    shared.metrics.builds_in_flight.inc();
     let started = Instant::now();
 
     let mut status = status::next_status(
@@ -140,7 +141,7 @@ async fn build(
             message: format!("building {} (attempt {attempts})", ib.spec.image),
         },
     );
-    status.context_digest = Some(inputs.context_digest.clone());
+    status.context_digest = Some(inputs.inputs_digest.clone());
     status.attempts = Some(attempts);
     status.start_time = Some(status::now());
     status.completion_time = None;
@@ -153,7 +154,7 @@ async fn build(
             inputs.target.host
         );
         status::event(
-            &ctx.recorder,
+            &shared.recorder,
             ib,
             EventType::Warning,
             "InsecureRegistry",
@@ -162,31 +163,43 @@ async fn build(
         .await;
     }
 
-    let timeout = ctx.config.build_timeout(ib.spec.timeout.as_deref());
-    let outcome = build_and_push(ib, api, ctx, &inputs, &status, timeout.limit).await;
-    ctx.metrics.builds_in_flight.dec();
+    let timeout = shared.config.build_timeout(ib.spec.timeout.as_deref());
+    let outcome = build_and_push(ib, api, shared, &inputs, &status, timeout.limit).await;
+    shared.metrics.builds_in_flight.dec();
     let seconds = started.elapsed().as_secs_f64();
     let pushed = match outcome {
         Ok(Some(pushed)) => pushed,
         Err(error) => {
-            ctx.metrics.build_finished(error.reason(), seconds);
-            return record_failure(ib, api, ctx, error, Some((inputs.context_digest, attempts)))
-                .await;
+            shared.metrics.build_finished(error.reason(), seconds);
+            return record_failure(
+                ib,
+                api,
+                shared,
+                error,
+                Some((inputs.inputs_digest, attempts)),
+            )
+            .await;
         }
         Ok(None) => {
-            ctx.metrics.build_finished("Timeout", seconds);
+            shared.metrics.build_finished("Timeout", seconds);
             let error = Error::Timeout {
                 after: timeout.text,
             };
-            return record_failure(ib, api, ctx, error, Some((inputs.context_digest, attempts)))
-                .await;
+            return record_failure(
+                ib,
+                api,
+                shared,
+                error,
+                Some((inputs.inputs_digest, attempts)),
+            )
+            .await;
         }
     };
 
     let up_to_date = pushed.bytes_uploaded == 0;
     let reason = if up_to_date { "UpToDate" } else { "Pushed" };
-    ctx.metrics.build_finished(reason, seconds);
-    ctx.metrics.bytes_pushed.inc_by(pushed.bytes_uploaded);
+    shared.metrics.build_finished(reason, seconds);
+    shared.metrics.bytes_pushed.inc_by(pushed.bytes_uploaded);
     let message = format!(
         "{} pushed as {} ({} bytes uploaded)",
         pushed.image_ref,
@@ -202,7 +215,7 @@ async fn build(
             message: message.clone(),
         },
     );
-    done.context_digest = Some(inputs.context_digest);
+    done.context_digest = Some(inputs.inputs_digest);
     done.attempts = Some(attempts);
     done.start_time = status.start_time.clone();
     done.completion_time = Some(status::now());
@@ -215,7 +228,7 @@ async fn build(
     done.base_digest = pushed.base_digest.as_ref().map(ToString::to_string);
     done.size = Some(pushed.size);
     status::write(api, ib, &done).await?;
-    status::event(&ctx.recorder, ib, EventType::Normal, reason, message).await;
+    status::event(&shared.recorder, ib, EventType::Normal, reason, message).await;
     tracing::info!(image = %pushed.image_ref, bytes_uploaded = pushed.bytes_uploaded, seconds, "image pushed");
     Ok(Action::requeue(RESYNC))
 }
@@ -225,14 +238,14 @@ async fn build(
 async fn build_and_push(
     ib: &ImageBuild,
     api: &Api<ImageBuild>,
-    ctx: &Arc<Context>,
+    shared: &Arc<Shared>,
     inputs: &ResolvedInputs,
     building: &crate::api::ImageBuildStatus,
     timeout: Duration,
 ) -> Result<Option<build::Pushed>, Error> {
     let work = tempfile::Builder::new()
         .prefix("build-")
-        .tempdir_in(&ctx.work_dir)
+        .tempdir_in(&shared.work_dir)
         .map_err(|e| Error::Build(build::BuildError::WorkDir(e)))?;
     let source = match &inputs.context {
         ResolvedContext::Files(files) => ContextSource::Files(files.clone()),
@@ -244,7 +257,7 @@ async fn build_and_push(
         target: inputs.target.clone(),
         base: inputs.base.clone(),
         work_dir: work.path().to_path_buf(),
-        max_context_bytes: Some(ctx.config.max_context_bytes),
+        max_context_bytes: Some(shared.config.max_context_bytes),
         source_date_epoch: None,
         // Contexts arrive as ConfigMap data or a fresh upload: the context digest already
         // short-circuits unchanged builds.
@@ -258,10 +271,10 @@ async fn build_and_push(
         ResolvedContext::Claim(claim) => Some(claim.clone()),
         ResolvedContext::Files(_) => None,
     };
-    let ctx = ctx.clone();
+    let shared = shared.clone();
     let task = tokio::spawn(async move {
         if let (Some(claim), ContextSource::Directory(dir)) = (&claim, &job.source) {
-            super::pvc::fetch_context(&ctx, &ib, claim, dir).await?;
+            super::pvc::fetch_context(&shared, &ib, claim, dir).await?;
         }
         let prepared = build::build_image(&job).await?;
         status::write(&api, &ib, &pushing).await?;
@@ -285,7 +298,7 @@ async fn build_and_push(
 async fn record_failure(
     ib: &ImageBuild,
     api: &Api<ImageBuild>,
-    ctx: &Context,
+    shared: &Shared,
     error: Error,
     attempt: Option<(String, u32)>,
 ) -> Result<Action, Error> {
@@ -315,7 +328,7 @@ async fn record_failure(
     let changed = status::condition_changed(ib, &status);
     status::write(api, ib, &status).await?;
     if changed || attempts.is_some() {
-        status::event(&ctx.recorder, ib, EventType::Warning, reason, message).await;
+        status::event(&shared.recorder, ib, EventType::Warning, reason, message).await;
     }
     Ok(retry_in.map_or_else(Action::await_change, Action::requeue))
 }
@@ -365,7 +378,11 @@ async fn set_finalizers(
 }
 
 /// Deletion: with `deletionPolicy: Delete`, removes the pushed tags, then lets the object go.
-async fn finalize(ib: &ImageBuild, api: &Api<ImageBuild>, ctx: &Context) -> Result<Action, Error> {
+async fn finalize(
+    ib: &ImageBuild,
+    api: &Api<ImageBuild>,
+    shared: &Shared,
+) -> Result<Action, Error> {
     if !ib.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
@@ -375,15 +392,22 @@ async fn finalize(ib: &ImageBuild, api: &Api<ImageBuild>, ctx: &Context) -> Resu
         .map(|s| s.tags.clone())
         .unwrap_or_default();
     if !tags.is_empty() {
-        match delete_tags(ib, ctx, &tags).await {
+        match delete_tags(ib, shared, &tags).await {
             Ok(()) => {
                 let note = format!("deleted tags {} of {}", tags.join(", "), ib.spec.image);
-                status::event(&ctx.recorder, ib, EventType::Normal, "TagsDeleted", note).await;
+                status::event(&shared.recorder, ib, EventType::Normal, "TagsDeleted", note).await;
             }
             Err(error) if error.is_transient() => return Err(error),
             Err(error) => {
                 let note = format!("could not delete the pushed tags, leaving them: {error}");
-                status::event(&ctx.recorder, ib, EventType::Warning, error.reason(), note).await;
+                status::event(
+                    &shared.recorder,
+                    ib,
+                    EventType::Warning,
+                    error.reason(),
+                    note,
+                )
+                .await;
             }
         }
     }
@@ -397,19 +421,21 @@ async fn finalize(ib: &ImageBuild, api: &Api<ImageBuild>, ctx: &Context) -> Resu
     Ok(Action::await_change())
 }
 
-async fn delete_tags(ib: &ImageBuild, ctx: &Context, tags: &[String]) -> Result<(), Error> {
-    let inputs = inputs::resolve(ib, &ctx.client, &ctx.config, &ctx.secrets).await;
+async fn delete_tags(ib: &ImageBuild, shared: &Shared, tags: &[String]) -> Result<(), Error> {
+    let inputs = inputs::resolve(ib, &shared.client, &shared.config, &shared.secrets).await;
     // Deletion must work even when the context ConfigMaps are already gone: fall back to the
     // registry settings alone.
     let access = match inputs {
         Ok(inputs) => inputs.target,
-        Err(_) => inputs::registry_access(ib, &ctx.client, &ctx.config, &ctx.secrets).await?,
+        Err(_) => {
+            inputs::registry_access(ib, &shared.client, &shared.config, &shared.secrets).await?
+        }
     };
     build::delete_tags(&access, &ib.spec.image, tags).await?;
     Ok(())
 }
 
-pub fn error_policy(_ib: Arc<ImageBuild>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(_ib: Arc<ImageBuild>, error: &Error, _shared: Arc<Shared>) -> Action {
     tracing::warn!(%error, "reconcile failed; retrying");
     Action::requeue(backoff(2))
 }
