@@ -8,7 +8,7 @@ use std::path::Path;
 use tar::{EntryType, Header};
 
 use super::*;
-use crate::context::FileTree;
+use crate::context::{ContextOptions, FileTree};
 
 fn write(root: &Path, rel: &str, content: &str) {
     let path = root.join(rel);
