@@ -16,7 +16,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::Progress;
 use super::auth::Access;
-use super::client::{Call, RegistryClient};
+use super::call::Call;
+use super::client::RegistryClient;
 use super::error::{Operation, RegistryError};
 use crate::oci::{Blob, BlobLocation, Descriptor, Digest, Sha256};
 

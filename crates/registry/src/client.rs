@@ -1,17 +1,17 @@
 //! The per-host client and its request machinery: authentication, retries and turning failures
 //! into [`RegistryError`]s that say what to fix.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use reqwest::header::{
-    CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, WWW_AUTHENTICATE,
-};
+use reqwest::header::{HeaderMap, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode, Url};
 
 use super::auth::{self, Access, Challenge, Credentials, TokenCache, TokenResponse};
+use super::call::{Call, CallBody, CallTimeout, Fetched};
+use super::endpoint::{endpoint_url, same_origin};
 use super::error::{Operation, RegistryError, ResponseContext, classify_response};
 use super::retry::{RetryPolicy, retry_after};
 use super::tls::{TrustConfig, find_rustls_error};
@@ -597,123 +597,6 @@ impl RegistryClient {
     }
 }
 
-/// A response read whole.
-#[derive(Debug)]
-pub(crate) struct Fetched {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-/// One request to the registry, described so that it can be sent again.
-pub(crate) struct Call<'a> {
-    pub method: Method,
-    pub url: Url,
-    /// Repository the request is about (auth scope and messages); empty for the registry root.
-    pub repository: &'a str,
-    pub access: Access,
-    pub operation: Operation,
-    /// Tag or digest, for messages.
-    pub reference: Option<String>,
-    pub headers: HeaderMap,
-    pub body: CallBody,
-    pub timeout: CallTimeout,
-    /// Size of the request body, for "too large" messages.
-    pub body_size: Option<u64>,
-}
-
-impl<'a> Call<'a> {
-    pub fn new(
-        method: Method,
-        url: Url,
-        repository: &'a str,
-        access: Access,
-        operation: Operation,
-    ) -> Self {
-        Self {
-            method,
-            url,
-            repository,
-            access,
-            operation,
-            reference: None,
-            headers: HeaderMap::new(),
-            body: CallBody::Empty,
-            timeout: CallTimeout::Request,
-            body_size: None,
-        }
-    }
-
-    pub fn reference(mut self, reference: impl Into<String>) -> Self {
-        self.reference = Some(reference.into());
-        self
-    }
-
-    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.insert(name, value);
-        self
-    }
-
-    /// Limit only the wait for the response headers: the caller reads the body as a stream.
-    pub fn streamed_response(mut self) -> Self {
-        self.timeout = CallTimeout::Stream;
-        self
-    }
-
-    pub fn bytes(mut self, body: Bytes) -> Self {
-        self.body_size = Some(body.len() as u64);
-        self.timeout = CallTimeout::Upload(body.len() as u64);
-        self.body = CallBody::Bytes(body);
-        self
-    }
-
-    /// `size` bytes of blob data streamed from a file or another registry: can be sent once.
-    pub fn octets(mut self, body: reqwest::Body, size: u64) -> Self {
-        self.headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-        // An explicit length keeps the body from going out chunked, which proxies may refuse.
-        self.headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
-        self.body_size = Some(size);
-        self.timeout = CallTimeout::Upload(size);
-        self.body = CallBody::Stream(Mutex::new(Some(body)));
-        self
-    }
-
-    /// Blob data still being produced, at most `at_most` bytes: sent without a length (as
-    /// HTTP/1.1 chunks or HTTP/2 frames); can be sent once.
-    pub fn octets_of_unknown_length(mut self, body: reqwest::Body, at_most: u64) -> Self {
-        self.timeout = CallTimeout::Upload(at_most);
-        self.body = CallBody::Stream(Mutex::new(Some(body)));
-        self
-    }
-}
-
-/// How long a [`Call`] may take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CallTimeout {
-    /// The whole exchange within [`Timeouts::request`].
-    Request,
-    /// Sending this many bytes, at no less than [`Timeouts::min_transfer_rate`].
-    Upload(u64),
-    /// Only the wait for response headers; the body is read as a stream with idle timeouts.
-    Stream,
-}
-
-/// The body of a [`Call`].
-pub(crate) enum CallBody {
-    Empty,
-    Bytes(Bytes),
-    Stream(Mutex<Option<reqwest::Body>>),
-}
-
-impl CallBody {
-    fn replayable(&self) -> bool {
-        !matches!(self, CallBody::Stream(_))
-    }
-}
-
 enum Auth<'a> {
     Anonymous,
     Basic(&'a Credentials),
@@ -732,104 +615,4 @@ fn bearer_challenge(headers: &HeaderMap) -> Option<Challenge> {
 /// Statuses worth trying again: the registry or a proxy in front of it is overloaded or restarting.
 fn is_transient_status(status: StatusCode) -> bool {
     matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
-}
-
-fn same_origin(a: &Url, b: &Url) -> bool {
-    a.scheme() == b.scheme()
-        && a.host_str() == b.host_str()
-        && a.port_or_known_default() == b.port_or_known_default()
-}
-
-/// `https://<host>` unless configured; Docker Hub's API lives on another name than its references.
-fn endpoint_url(host: &str, endpoint: Option<&str>) -> Result<Url, RegistryError> {
-    let invalid = |detail: String| RegistryError::InvalidConfig {
-        host: host.to_owned(),
-        detail,
-    };
-    let text = match endpoint {
-        Some(e) => e.trim().to_owned(),
-        None if host == crate::reference::DEFAULT_REGISTRY => {
-            "https://registry-1.docker.io".to_owned()
-        }
-        None => format!("https://{host}"),
-    };
-    // Never echo an endpoint that may carry credentials.
-    let shown = if text.contains('@') {
-        "(redacted)".to_owned()
-    } else {
-        text.clone()
-    };
-    let url = Url::parse(&text).map_err(|e| {
-        invalid(format!(
-            "endpoint `{shown}` is not a URL ({e}); expected e.g. https://{host} or http://service.namespace.svc:3000"
-        ))
-    })?;
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid(
-            "the endpoint URL must not contain credentials; configure them separately".to_owned(),
-        ));
-    }
-    let text = shown;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(invalid(format!(
-            "endpoint `{text}` must be an http:// or https:// URL with a host"
-        )));
-    }
-    if !matches!(url.path(), "" | "/") || url.query().is_some() {
-        return Err(invalid(format!(
-            "endpoint `{text}` must not have a path or query: registries serve /v2/ at the root"
-        )));
-    }
-    Ok(url)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoint_defaults_to_https_on_the_host() {
-        let url = endpoint_url("gitea.cnoe.localtest.me:8443", None).expect("url");
-        assert_eq!(url.as_str(), "https://gitea.cnoe.localtest.me:8443/");
-    }
-
-    #[test]
-    fn endpoint_may_be_plain_http_in_cluster() {
-        let url = endpoint_url(
-            "gitea.cnoe.localtest.me:8443",
-            Some("http://my-gitea-http.gitea.svc.cluster.local:3000"),
-        )
-        .expect("url");
-        assert_eq!(url.scheme(), "http");
-    }
-
-    #[test]
-    fn endpoint_with_a_path_is_refused() {
-        let err = endpoint_url("h", Some("https://cnoe.localtest.me:8443/gitea")).unwrap_err();
-        assert_eq!(err.reason(), "InvalidRegistryConfig");
-        assert!(err.to_string().contains("/v2/ at the root"), "{err}");
-    }
-
-    #[test]
-    fn endpoint_with_credentials_is_refused_without_echoing_them() {
-        let err = endpoint_url("h", Some("https://user:hunter2@h")).unwrap_err();
-        assert!(!err.to_string().contains("hunter2"), "{err}");
-    }
-
-    #[test]
-    fn docker_hub_references_go_to_its_api_host() {
-        let url = endpoint_url("docker.io", None).expect("url");
-        assert_eq!(url.host_str(), Some("registry-1.docker.io"));
-    }
-
-    #[test]
-    fn origins_compare_scheme_host_and_port() {
-        let a = Url::parse("https://h:443/v2/x").expect("url");
-        assert!(same_origin(&a, &Url::parse("https://h/").expect("url")));
-        assert!(!same_origin(&a, &Url::parse("http://h:443/").expect("url")));
-        assert!(!same_origin(
-            &a,
-            &Url::parse("https://other/").expect("url")
-        ));
-    }
 }

@@ -8,7 +8,9 @@
 pub mod access;
 mod auth;
 mod blob;
+mod call;
 mod client;
+mod endpoint;
 mod error;
 mod manifest;
 pub mod pull;

@@ -6,7 +6,8 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 
 use super::auth::Access;
-use super::client::{Call, RegistryClient};
+use super::call::Call;
+use super::client::RegistryClient;
 use super::error::{Operation, RegistryError};
 use crate::oci::{self, Digest};
 use crate::reference::validate_tag;

@@ -16,7 +16,8 @@ use tokio::sync::{Mutex, mpsc};
 
 use super::auth::Access;
 use super::blob::{UploadStart, with_digest};
-use super::client::{Call, RegistryClient};
+use super::call::Call;
+use super::client::RegistryClient;
 use super::error::{Operation, RegistryError};
 use crate::oci::Descriptor;
 
