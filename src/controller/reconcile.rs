@@ -167,32 +167,19 @@ async fn build(
     let outcome = build_and_push(ib, api, shared, &inputs, &status, timeout.limit).await;
     shared.metrics.builds_in_flight.dec();
     let seconds = started.elapsed().as_secs_f64();
-    let pushed = match outcome {
-        Ok(Some(pushed)) => pushed,
+    let failure = match outcome {
+        Ok(Some(pushed)) => Ok(pushed),
+        Err(error) => Err(error),
+        Ok(None) => Err(Error::Timeout {
+            after: timeout.text,
+        }),
+    };
+    let pushed = match failure {
+        Ok(pushed) => pushed,
         Err(error) => {
             shared.metrics.build_finished(error.reason(), seconds);
-            return record_failure(
-                ib,
-                api,
-                shared,
-                error,
-                Some((inputs.inputs_digest, attempts)),
-            )
-            .await;
-        }
-        Ok(None) => {
-            shared.metrics.build_finished("Timeout", seconds);
-            let error = Error::Timeout {
-                after: timeout.text,
-            };
-            return record_failure(
-                ib,
-                api,
-                shared,
-                error,
-                Some((inputs.inputs_digest, attempts)),
-            )
-            .await;
+            let attempt = Some((inputs.inputs_digest, attempts));
+            return record_failure(ib, api, shared, error, attempt).await;
         }
     };
 
