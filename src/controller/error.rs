@@ -113,8 +113,38 @@ impl Error {
         }
     }
 
+    /// Whether a request to the Kubernetes API failed (directly, or while the cluster adapter
+    /// read ConfigMaps or Secrets).
+    pub fn is_api_unavailable(&self) -> bool {
+        matches!(self, Self::Kube(_) | Self::Cluster(ClusterError::Kube(_)))
+    }
+
     /// Whether retrying with the same inputs may succeed.
     pub fn is_transient(&self) -> bool {
         self.category().transient
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unanswered_api_request_is_retried_not_recorded_wherever_it_happened() {
+        let direct = Error::Kube(kube::Error::LinesCodecMaxLineLengthExceeded);
+        let while_reading_inputs = Error::Cluster(ClusterError::Kube(
+            kube::Error::LinesCodecMaxLineLengthExceeded,
+        ));
+        for error in [&direct, &while_reading_inputs] {
+            assert!(error.is_api_unavailable(), "{error}");
+            assert_eq!(error.reason(), "KubernetesApiError");
+            assert!(error.is_transient());
+        }
+        let missing = Error::Cluster(ClusterError::ConfigMapNotFound {
+            namespace: "ns".into(),
+            name: "src".into(),
+        });
+        assert!(!missing.is_api_unavailable());
+        assert!(!missing.is_transient());
     }
 }

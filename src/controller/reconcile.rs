@@ -50,7 +50,9 @@ pub async fn reconcile(ib: Arc<ImageBuild>, shared: Arc<Shared>) -> Result<Actio
 
     let inputs = match inputs::resolve(&ib, &shared.client, &shared.config, &shared.secrets).await {
         Ok(inputs) => inputs,
-        Err(Error::Kube(e)) => return Err(Error::Kube(e)),
+        // The API server did not answer: nothing is known about the inputs, so nothing is
+        // recorded; the error policy tries again.
+        Err(error) if error.is_api_unavailable() => return Err(error),
         Err(error) => return record_failure(&ib, &api, &shared, error, None).await,
     };
     if let Some(action) = wait_or_skip(&ib, &inputs.inputs_digest) {
