@@ -473,6 +473,66 @@ mod tests {
         );
     }
 
+    /// What the reconciler decides for a given status, without an API server: `build`, or the
+    /// wait it schedules instead.
+    #[test]
+    fn each_status_leads_to_a_build_or_a_wait() {
+        let past = "2000-01-01T00:00:00Z";
+        let future = "2999-01-01T00:00:00Z";
+        // phase, status digest, observed generation, next retry => build? / wait
+        type Row = (
+            &'static str,
+            &'static str,
+            i64,
+            Option<&'static str>,
+            Option<Action>,
+        );
+        let table: &[Row] = &[
+            // Unchanged since success: a quiet re-check after an hour.
+            (
+                "Succeeded",
+                "sha256:c",
+                1,
+                None,
+                Some(Action::requeue(RESYNC)),
+            ),
+            // New inputs or a new generation: build, whatever the phase.
+            ("Succeeded", "sha256:old", 1, None, None),
+            ("Succeeded", "sha256:c", 0, None, None),
+            ("Failed", "sha256:old", 1, None, None),
+            // A failure that needs a change waits for one.
+            ("Failed", "sha256:c", 1, None, Some(Action::await_change())),
+            // A transient failure is retried when its time comes, not before.
+            ("Failed", "sha256:c", 1, Some(past), None),
+            // A build interrupted mid-way (a restart) is built again.
+            ("Building", "sha256:c", 1, None, None),
+            ("Pushing", "sha256:c", 1, None, None),
+            ("Pending", "sha256:c", 1, None, None),
+        ];
+        for (phase, digest, observed, retry, want) in table {
+            let mut status = serde_json::json!({"phase": phase, "observedGeneration": observed, "contextDigest": digest});
+            if let Some(at) = retry {
+                status["nextRetryTime"] = serde_json::json!(at);
+            }
+            let got = wait_or_skip(&image_build(1, status), "sha256:c");
+            assert_eq!(
+                &got, want,
+                "{phase} {digest} generation {observed} retry {retry:?}"
+            );
+        }
+        let waiting = serde_json::json!({"phase": "Failed", "observedGeneration": 1,
+            "contextDigest": "sha256:c", "nextRetryTime": future});
+        assert!(
+            matches!(wait_or_skip(&image_build(1, waiting), "sha256:c"), Some(a) if a != Action::await_change()),
+            "a retry that is not due yet is waited for"
+        );
+        assert_eq!(
+            wait_or_skip(&image_build(1, serde_json::Value::Null), "sha256:c"),
+            None,
+            "no status yet: build"
+        );
+    }
+
     #[test]
     fn backoff_grows_and_is_capped_at_five_minutes() {
         assert!(backoff(1) < Duration::from_secs(6));
