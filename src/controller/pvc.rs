@@ -280,13 +280,13 @@ fn reader_pod(
         format!("{}{}", settings.url, expected.path()),
     ]);
     let owner = ib.controller_owner_ref(&());
-    // Room for "-shared-" and the five random characters generateName adds.
+    // Room for "-ctx-" and the five random characters generateName adds.
     let prefix: String = name.chars().take(40).collect();
     let pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "generateName": format!("{}-shared-", prefix.trim_end_matches(['-', '.'])),
+            "generateName": format!("{}-ctx-", prefix.trim_end_matches(['-', '.'])),
             "namespace": source.namespace,
             "labels": labels,
             "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
