@@ -1,5 +1,6 @@
 //! The receiver: the controller unpacks an uploaded context with the rules of a local directory
-//! context, trusting nothing in the stream.
+//! context, trusting nothing in the stream. Which entries are accepted is decided by the
+//! builder's `context::tar_entry`, the rules ConfigMap archives are read with too.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
@@ -7,12 +8,11 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use tar::EntryType;
 
+use crate::context::tar_entry::{self, EntryName, TarEntry, TarEntryError};
 use crate::context::{
     Content, ContextError, ContextOptions, DOCKERIGNORE, Entry, EntryKind, ExcludeRules,
-    TreeBuilder, dockerignore_patterns, escaped, link_target_problem, normalised_file_mode,
-    path_problem, symlink_stays_inside,
+    MODE_SYMLINK, TreeBuilder, dockerignore_patterns, escaped, normalised_file_mode,
 };
 
 use super::{Counts, MAX_ENTRIES};
@@ -87,18 +87,16 @@ struct Unpacker<'a> {
 
 impl Unpacker<'_> {
     fn entry(&mut self, mut entry: tar::Entry<'_, impl Read>) -> Result<(), ReceiveError> {
-        let kind = entry.header().entry_type();
-        if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader) {
-            return Ok(());
-        }
-        let raw = entry.path_bytes().into_owned();
-        let Some(name) = self.name(&raw)? else {
+        let read = tar_entry::read(&entry).map_err(|e| match e {
+            TarEntryError::Refused { name, reason } => self.refused(&name, reason),
+            TarEntryError::Unreadable(e) => ReceiveError::Interrupted(e),
+        })?;
+        let Some(name) = read.name().map(str::to_owned) else {
             return Ok(());
         };
-        let mode = entry.header().mode().map_err(ReceiveError::Interrupted)?;
         if self.rules.is_none() {
-            let dockerignore = name == DOCKERIGNORE
-                && kind == EntryType::Regular
+            let dockerignore = matches!(read, TarEntry::File { .. })
+                && name == DOCKERIGNORE
                 && self.options.context.honour_dockerignore;
             let text = if dockerignore {
                 Some(self.read_dockerignore(&mut entry)?)
@@ -106,56 +104,34 @@ impl Unpacker<'_> {
                 None
             };
             self.rules = Some(self.exclude_rules(text.as_deref())?);
-            if let Some(text) = text {
+            if let (Some(text), TarEntry::File { mode, .. }) = (text, &read) {
                 // Written even when a pattern excludes it: the builder reads it from disk.
-                return self.write_file(&name, mode, &mut text.as_bytes(), text.len() as u64);
+                return self.write_file(&name, *mode, &mut text.as_bytes(), text.len() as u64);
             }
         }
         let excluded = self.rules.as_ref().is_some_and(|r| r.excludes(&name));
         let walked_anyway = self.rules.as_ref().is_some_and(|r| r.has_exceptions());
-        match kind {
-            EntryType::Directory if excluded && !walked_anyway => Ok(()),
-            EntryType::Directory => self.directory(&name),
+        match read {
+            TarEntry::Nothing => Ok(()),
+            TarEntry::Directory { .. } if excluded && !walked_anyway => Ok(()),
+            TarEntry::Directory { .. } => self.directory(&name),
             _ if excluded => Ok(()),
-            EntryType::Regular | EntryType::Continuous => {
-                let size = entry.size();
-                self.write_file(&name, mode, &mut entry, size)
-            }
-            EntryType::Symlink => {
-                let target = entry.link_name_bytes().map(|t| t.into_owned());
-                self.symlink(&name, target.as_deref())
-            }
-            other => Err(ContextError::SpecialFile {
-                location: self.location(&name),
-                kind: special_kind(other),
-            }
-            .into()),
+            TarEntry::File { mode, size, .. } => self.write_file(&name, mode, &mut entry, size),
+            TarEntry::Symlink { target, .. } => self.symlink(&name, target),
+            TarEntry::Special { reason, .. } => Err(self.refused(&EntryName::Text(name), reason)),
         }
     }
 
-    /// The entry's path relative to the context root, checked; `None` for the root itself.
-    fn name(&self, raw: &[u8]) -> Result<Option<String>, ReceiveError> {
-        let name = std::str::from_utf8(raw).map_err(|_| ContextError::InvalidName {
-            location: self.options.origin.clone(),
-            name: format!("\"{}\"", raw.escape_ascii()),
-            reason: "is not valid UTF-8",
-        })?;
-        let mut name = name.trim_end_matches('/');
-        while let Some(rest) = name.strip_prefix("./") {
-            name = rest;
+    fn refused(&self, name: &EntryName, reason: String) -> ReceiveError {
+        ContextError::UploadEntry {
+            location: format!(
+                "{} in {}",
+                name.shown(&self.options.sub_path),
+                self.options.origin
+            ),
+            reason,
         }
-        if name.is_empty() || name == "." {
-            return Ok(None);
-        }
-        match path_problem(name) {
-            Some(reason) => Err(ContextError::InvalidPath {
-                origin: self.options.origin.clone(),
-                path: escaped(name),
-                reason,
-            }
-            .into()),
-            None => Ok(Some(name.to_owned())),
-        }
+        .into()
     }
 
     /// Shows `name` as it is in the claim, and where it is.
@@ -280,46 +256,17 @@ impl Unpacker<'_> {
         Ok(())
     }
 
-    fn symlink(&mut self, name: &str, target: Option<&[u8]>) -> Result<(), ReceiveError> {
-        let location = self.location(name);
-        let invalid = |name: String, reason| ContextError::InvalidName {
-            location: location.clone(),
+    /// Creates the link as it came, never following it: nothing is ever written below a link
+    /// (the tree refuses such an entry), and files are created with `O_EXCL`.
+    fn symlink(&mut self, name: &str, target: String) -> Result<(), ReceiveError> {
+        let path = self.admit(
             name,
-            reason,
-        };
-        let raw = target.unwrap_or_default();
-        let target = std::str::from_utf8(raw).map_err(|_| {
-            invalid(
-                format!("\"{}\"", raw.escape_ascii()),
-                "is a symlink target that is not valid UTF-8",
-            )
-        })?;
-        if let Some(reason) = link_target_problem(target) {
-            return Err(invalid(escaped(target), reason).into());
-        }
-        if !symlink_stays_inside(name, target) {
-            return Err(ContextError::SymlinkEscapes {
-                location,
-                target: target.to_owned(),
-            }
-            .into());
-        }
-        let kind = EntryKind::Symlink {
-            target: target.to_owned(),
-        };
-        let path = self.admit(name, 0o777, kind)?;
-        std::os::unix::fs::symlink(target, &path)
+            MODE_SYMLINK,
+            EntryKind::Symlink {
+                target: target.clone(),
+            },
+        )?;
+        std::os::unix::fs::symlink(&target, &path)
             .map_err(|source| ReceiveError::Write { path, source })
-    }
-}
-
-fn special_kind(kind: EntryType) -> &'static str {
-    match kind {
-        EntryType::Fifo => "named pipe (fifo)",
-        EntryType::Char => "character device",
-        EntryType::Block => "block device",
-        EntryType::Link => "hard link (the sender never sends one)",
-        EntryType::GNUSparse => "sparse file entry",
-        _ => "special file",
     }
 }

@@ -146,16 +146,26 @@ fn names_that_climb_out_or_are_absolute_are_refused_before_anything_is_written()
 }
 
 #[test]
-fn a_symlink_that_leaves_the_context_is_refused_but_an_absolute_one_is_kept() {
-    let stream = hostile(&[(b"up", EntryType::Symlink, b"../../etc/passwd", b"")]);
-    let message = refusal(&stream, &options());
-    assert!(message.contains("leaves the context"), "{message}");
+fn symlinks_are_stored_as_they_came_wherever_they_point() {
+    for target in ["../../etc/passwd", "/etc/passwd"] {
+        let stream = hostile(&[(b"link", EntryType::Symlink, target.as_bytes(), b"")]);
+        let (dir, result) = receive_into(&stream, &options());
+        result.expect("a link is stored, not followed");
+        let link = fs::read_link(dir.path().join("context/link")).unwrap();
+        assert_eq!(link, Path::new(target));
+    }
+}
 
-    let stream = hostile(&[(b"abs", EntryType::Symlink, b"/etc/passwd", b"")]);
+#[test]
+fn nothing_is_written_through_a_link_that_leaves_the_directory() {
+    let stream = hostile(&[
+        (b"up", EntryType::Symlink, b"..", b""),
+        (b"up/planted", EntryType::Regular, b"", b"x"),
+    ]);
     let (dir, result) = receive_into(&stream, &options());
-    result.expect("absolute symlinks point inside the image");
-    let link = fs::read_link(dir.path().join("context/abs")).unwrap();
-    assert_eq!(link, Path::new("/etc/passwd"));
+    let message = result.expect_err("a file below a link").to_string();
+    assert!(message.contains("\"up\""), "{message}");
+    assert!(!dir.path().join("planted").exists());
 }
 
 #[test]

@@ -1,12 +1,12 @@
-//! Unpacking a tar or tar.gz item into the tree, with the rules of a directory context.
+//! Unpacking a tar or tar.gz item into the tree. Which entries are accepted is decided in
+//! [`tar_entry`], the rules uploaded PVC contexts are read with too.
 
 use std::io::Read;
 
-use bytes::Bytes;
-use tar::EntryType;
-
+use super::tar_entry::{self, TarEntry, TarEntryError};
 use super::tree::{self, MODE_EXECUTABLE, MODE_SYMLINK, TreeBuilder};
 use super::{Content, ContextError, ContextItem, Entry, EntryKind, ExcludeRules};
+use bytes::Bytes;
 
 /// The largest read buffer reserved up front for one entry; bigger entries grow as they read.
 const MAX_PREALLOCATION: u64 = 8 << 20;
@@ -58,74 +58,44 @@ impl Unpacker<'_> {
     }
 
     fn entry(&mut self, mut entry: tar::Entry<'_, impl Read>) -> Result<(), ContextError> {
-        let kind = entry.header().entry_type();
-        // Global PAX headers carry metadata only (git archive writes one).
-        if kind == EntryType::XGlobalHeader {
-            return Ok(());
-        }
-        let raw_name = entry.path_bytes().into_owned();
-        let Some(name) = self.entry_name(&raw_name)? else {
+        let read = tar_entry::read(&entry).map_err(|e| self.refused(e))?;
+        let Some(name) = read.name() else {
             return Ok(());
         };
         let path = if self.dir.is_empty() {
-            name.clone()
+            name.to_owned()
         } else {
             format!("{}/{name}", self.dir)
         };
         if self.rules.excludes(&path) {
             return Ok(());
         }
-        let origin = format!("{} entry {}", self.item.source, tree::escaped(&name));
-        let entry = match kind {
-            EntryType::Regular | EntryType::Continuous => {
-                let mode = entry.header().mode().map_err(|e| self.unreadable(e))?;
-                let data = self.read_data(&mut entry, &name)?;
-                Entry {
-                    path,
-                    mode: tree::normalised_file_mode(mode),
-                    kind: EntryKind::File {
-                        size: data.len() as u64,
-                        content: Content::Bytes(data),
-                    },
-                }
+        let origin = format!("{} entry {}", self.item.source, tree::escaped(name));
+        let (mode, kind) = match read {
+            TarEntry::Nothing => return Ok(()),
+            TarEntry::File { name, mode, size } => {
+                let data = self.read_data(&mut entry, &name, size)?;
+                let kind = EntryKind::File {
+                    size,
+                    content: Content::Bytes(data),
+                };
+                (tree::normalised_file_mode(mode), kind)
             }
-            EntryType::Directory => Entry {
-                path,
-                mode: MODE_EXECUTABLE,
-                kind: EntryKind::Directory,
-            },
-            EntryType::Symlink => self.symlink(&entry, path, &name)?,
-            other => return Err(self.refused(&name, refusal(other))),
+            TarEntry::Directory { .. } => (MODE_EXECUTABLE, EntryKind::Directory),
+            TarEntry::Symlink { target, .. } => (MODE_SYMLINK, EntryKind::Symlink { target }),
+            TarEntry::Special { name, reason } => {
+                return Err(self.refused_entry(tree::escaped(&name), reason));
+            }
         };
-        self.tree.insert(entry, &origin)
-    }
-
-    /// The entry's name relative to the archive root, `None` for the root itself.
-    fn entry_name(&self, raw: &[u8]) -> Result<Option<String>, ContextError> {
-        let name = std::str::from_utf8(raw).map_err(|_| ContextError::ArchiveEntry {
-            origin: self.item.source.clone(),
-            entry: format!("\"{}\"", raw.escape_ascii()),
-            reason: "has a name that is not valid UTF-8".into(),
-        })?;
-        let mut name = name.trim_end_matches('/');
-        while let Some(rest) = name.strip_prefix("./") {
-            name = rest.trim_start_matches('/');
-        }
-        if name.is_empty() || name == "." {
-            return Ok(None);
-        }
-        match tree::path_problem(name) {
-            Some(problem) => Err(self.refused(name, problem)),
-            None => Ok(Some(name.to_owned())),
-        }
+        self.tree.insert(Entry { path, mode, kind }, &origin)
     }
 
     fn read_data(
         &self,
         entry: &mut tar::Entry<'_, impl Read>,
         name: &str,
+        size: u64,
     ) -> Result<Bytes, ContextError> {
-        let size = entry.size();
         // Refuse an archive bomb before reading it, not after.
         if let Some(left) = self.tree.bytes_left()
             && size > left
@@ -140,45 +110,25 @@ impl Unpacker<'_> {
             .read_to_end(&mut data)
             .map_err(|e| self.unreadable(e))?;
         if data.len() as u64 != size {
-            return Err(self.refused(name, "is cut short: the archive is truncated".into()));
+            return Err(self.refused_entry(
+                tree::escaped(name),
+                "is cut short: the archive is truncated".into(),
+            ));
         }
         Ok(Bytes::from(data))
     }
 
-    fn symlink(
-        &self,
-        entry: &tar::Entry<'_, impl Read>,
-        path: String,
-        name: &str,
-    ) -> Result<Entry, ContextError> {
-        let raw = entry
-            .link_name_bytes()
-            .ok_or_else(|| self.refused(name, "is a symlink without a target".into()))?;
-        let target = std::str::from_utf8(&raw).map_err(|_| {
-            self.refused(name, "is a symlink whose target is not valid UTF-8".into())
-        })?;
-        if let Some(problem) = tree::link_target_problem(target) {
-            return Err(self.refused(name, problem.into()));
+    fn refused(&self, error: TarEntryError) -> ContextError {
+        match error {
+            TarEntryError::Refused { name, reason } => self.refused_entry(name.shown(""), reason),
+            TarEntryError::Unreadable(e) => self.unreadable(e),
         }
-        if !tree::symlink_stays_inside(&path, target) {
-            return Err(self.refused(
-                name,
-                format!("is a symlink to `{target}`, which leaves the context"),
-            ));
-        }
-        Ok(Entry {
-            path,
-            mode: MODE_SYMLINK,
-            kind: EntryKind::Symlink {
-                target: target.to_owned(),
-            },
-        })
     }
 
-    fn refused(&self, name: &str, reason: String) -> ContextError {
+    fn refused_entry(&self, entry: String, reason: String) -> ContextError {
         ContextError::ArchiveEntry {
             origin: self.item.source.clone(),
-            entry: tree::escaped(name),
+            entry,
             reason,
         }
     }
@@ -189,16 +139,4 @@ impl Unpacker<'_> {
             reason: format!("is not a readable tar or tar.gz archive: {e}"),
         }
     }
-}
-
-fn refusal(kind: EntryType) -> String {
-    let what = match kind {
-        EntryType::Link => "a hard link; archive the file itself instead",
-        EntryType::Char => "a character device",
-        EntryType::Block => "a block device",
-        EntryType::Fifo => "a named pipe (fifo)",
-        EntryType::GNUSparse => "a sparse file",
-        _ => "of a kind that cannot go into an image",
-    };
-    format!("is {what}; only regular files, directories and symlinks are allowed")
 }

@@ -136,12 +136,6 @@ impl Walker<'_> {
                 reason,
             });
         }
-        if !tree::symlink_stays_inside(&rel, target) {
-            return Err(ContextError::SymlinkEscapes {
-                location,
-                target: target.to_owned(),
-            });
-        }
         Ok(Entry {
             path: rel,
             mode: MODE_SYMLINK,

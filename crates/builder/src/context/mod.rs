@@ -3,14 +3,19 @@
 //!
 //! Everything that could make an image unsafe or irreproducible is refused here, before any
 //! byte is written: special files, names that are not UTF-8 or hold control characters,
-//! paths that climb out, symlinks whose relative target leaves the context, duplicate target
-//! paths, archives with hard links or devices, and contexts over the configured limits.
+//! paths that climb out, duplicate target paths, archives with hard links or devices, and
+//! contexts over the configured limits.
+//!
+//! Symlinks are stored as symlinks and never followed, whatever their target: an absolute one
+//! or a relative one that climbs out of the context both resolve inside the image, as Docker
+//! and BuildKit store them. No entry is ever placed below a symlink.
 
 mod archive;
 mod dir;
 mod dockerignore;
 mod fingerprint;
 mod items;
+pub mod tar_entry;
 #[cfg(test)]
 mod tests;
 mod tree;
@@ -26,10 +31,7 @@ pub use items::{ARCHIVE_EXTENSIONS, archive_stem};
 pub(crate) use tree::segment_problem;
 // The PVC context receiver (imagebuild's transfer module) unpacks a tar stream with the same
 // rules.
-pub use tree::{
-    TreeBuilder, escaped, link_target_problem, normalised_file_mode, path_problem,
-    symlink_stays_inside,
-};
+pub use tree::{MODE_SYMLINK, TreeBuilder, escaped, normalised_file_mode, path_problem};
 
 use crate::oci::Digest;
 
@@ -221,11 +223,6 @@ pub enum ContextError {
         name: String,
         reason: &'static str,
     },
-    #[error(
-        "the symlink {location} points to `{target}`, which leaves the context; point it \
-         inside the context or use an absolute target"
-    )]
-    SymlinkEscapes { location: String, target: String },
     #[error("{origin}: the path `{path}` {reason}")]
     InvalidPath {
         origin: String,
@@ -250,6 +247,10 @@ pub enum ContextError {
     TooLarge { limit: u64, location: String },
     #[error("{origin}: {reason}")]
     Archive { origin: String, reason: String },
+    /// An entry of an uploaded context that cannot go into an image; `location` names it and
+    /// the claim it is in.
+    #[error("{location} {reason}")]
+    UploadEntry { location: String, reason: String },
     #[error("{origin}: the archive entry {entry} {reason}")]
     ArchiveEntry {
         origin: String,
