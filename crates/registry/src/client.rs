@@ -9,7 +9,8 @@ use futures::StreamExt;
 use reqwest::header::{HeaderMap, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode, Url};
 
-use super::auth::{self, Access, Challenge, Credentials, TokenCache, TokenResponse};
+use super::auth::token::{self, TokenCache, TokenResponse};
+use super::auth::{self, Access, Challenge, Credentials};
 use super::call::{Call, CallBody, CallTimeout, Fetched};
 use super::endpoint::{endpoint_url, same_origin};
 use super::error::{Operation, RegistryError, ResponseContext, classify_response};
@@ -353,7 +354,7 @@ impl RegistryClient {
             .param("scope")
             .map(str::to_owned)
             .unwrap_or_else(|| auth::scope(call.repository, call.access));
-        let endpoints = auth::token_endpoints(
+        let endpoints = token::token_endpoints(
             realm,
             &self.inner.host,
             &self.inner.endpoint,
