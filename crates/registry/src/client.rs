@@ -6,20 +6,20 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use reqwest::header::{HeaderMap, WWW_AUTHENTICATE};
+use reqwest::header::HeaderMap;
 use reqwest::{Method, Response, StatusCode, Url};
 
-use super::auth::token::{self, TokenCache, TokenResponse};
-use super::auth::{self, Access, Challenge, Credentials};
+use super::auth::token::TokenCache;
+use super::auth::{Access, Auth, Credentials, bearer_challenge};
 use super::call::{Call, CallBody, CallTimeout, Fetched};
-use super::endpoint::{endpoint_url, same_origin};
+use super::endpoint::endpoint_url;
 use super::error::{Operation, RegistryError, ResponseContext, classify_response};
 use super::retry::{RetryPolicy, retry_after};
 use super::tls::{TrustConfig, find_rustls_error};
 use super::{RegistryConfig, Timeouts};
 
 /// Largest error or token body we read.
-const SMALL_BODY_LIMIT: usize = 64 * 1024;
+pub(crate) const SMALL_BODY_LIMIT: usize = 64 * 1024;
 
 /// A client for one registry host. Cheap to clone; clones share connections and tokens.
 #[derive(Clone, Debug)]
@@ -129,6 +129,21 @@ impl RegistryClient {
 
     pub(crate) fn max_request_body(&self) -> u64 {
         self.inner.max_request_body
+    }
+
+    /// The credentials configured for this host, if any.
+    pub(crate) fn credentials(&self) -> Option<&Credentials> {
+        self.inner.credentials.as_ref()
+    }
+
+    /// Bearer tokens fetched for this host, shared by clones.
+    pub(crate) fn tokens(&self) -> &TokenCache {
+        &self.inner.tokens
+    }
+
+    /// The HTTP client, for requests that are not [`Call`]s (token requests).
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.inner.http
     }
 
     /// An absolute URL on the endpoint for `path` (which starts with `/v2/`).
@@ -327,134 +342,6 @@ impl RegistryClient {
         Ok(request)
     }
 
-    /// Which credentials go with `call`: none unless it goes to our own endpoint.
-    fn auth_for(&self, call: &Call<'_>) -> Auth<'_> {
-        if !same_origin(&call.url, &self.inner.endpoint) {
-            return Auth::Anonymous;
-        }
-        if let Some(token) = self.inner.tokens.get(call.repository, call.access) {
-            return Auth::Bearer(token);
-        }
-        match &self.inner.credentials {
-            Some(c) => Auth::Basic(c),
-            None => Auth::Anonymous,
-        }
-    }
-
-    /// Fetches and caches a token for `call`'s repository and access as `challenge` asks.
-    async fn fetch_token(
-        &self,
-        challenge: &Challenge,
-        call: &Call<'_>,
-    ) -> Result<(), RegistryError> {
-        let Some(realm) = challenge.param("realm") else {
-            return Err(self.invalid_response(Operation::Token, "Bearer challenge without realm"));
-        };
-        let scope = challenge
-            .param("scope")
-            .map(str::to_owned)
-            .unwrap_or_else(|| auth::scope(call.repository, call.access));
-        let endpoints = token::token_endpoints(
-            realm,
-            &self.inner.host,
-            &self.inner.endpoint,
-            self.inner.credentials.is_some(),
-        );
-        for endpoint in endpoints {
-            let mut url = endpoint.url.clone();
-            {
-                let mut query = url.query_pairs_mut();
-                if let Some(service) = challenge.param("service") {
-                    query.append_pair("service", service);
-                }
-                query.append_pair("scope", &scope);
-            }
-            let credentials = self
-                .inner
-                .credentials
-                .as_ref()
-                .filter(|_| endpoint.with_credentials);
-            let fetched = self.get_token(&url, credentials).await?;
-            match fetched.status.as_u16() {
-                200 => {
-                    let parsed: TokenResponse =
-                        serde_json::from_slice(&fetched.body).map_err(|e| {
-                            self.invalid_response(
-                                Operation::Token,
-                                &format!("token is not JSON: {e}"),
-                            )
-                        })?;
-                    let (token, lifetime) = parsed.into_token().ok_or_else(|| {
-                        self.invalid_response(Operation::Token, "no token in the answer")
-                    })?;
-                    self.inner
-                        .tokens
-                        .put(call.repository, call.access, token, lifetime);
-                    return Ok(());
-                }
-                // No token service at this address: try the next candidate.
-                404 | 405 => continue,
-                status => {
-                    let ctx = self.context(call, Operation::Token, credentials);
-                    return Err(classify_response(&ctx, status, None, &fetched.body));
-                }
-            }
-        }
-        let ctx = self.context(call, Operation::Token, self.inner.credentials.as_ref());
-        Err(classify_response(
-            &ctx,
-            401,
-            None,
-            format!("no usable token endpoint for realm {realm}").as_bytes(),
-        ))
-    }
-
-    async fn get_token(
-        &self,
-        url: &Url,
-        credentials: Option<&Credentials>,
-    ) -> Result<Fetched, RegistryError> {
-        let timeout = self.inner.timeouts.request;
-        self.with_retries(|| async move {
-            let mut request = self.inner.http.get(url.clone()).timeout(timeout);
-            if let Some(c) = credentials {
-                request = request.basic_auth(&c.username, Some(&c.password));
-            }
-            let response = request
-                .send()
-                .await
-                .map_err(|e| self.transport_error(e, Operation::Token, Some(timeout)))?;
-            let status = response.status();
-            let headers = response.headers().clone();
-            let body = self
-                .read_body(response, SMALL_BODY_LIMIT, Operation::Token)
-                .await?;
-            if is_transient_status(status) {
-                let ctx = ResponseContext {
-                    host: &self.inner.host,
-                    repository: "",
-                    operation: Operation::Token,
-                    reference: None,
-                    user: None,
-                    credentials_source: None,
-                    body_size: None,
-                };
-                return Err(classify_response(
-                    &ctx,
-                    status.as_u16(),
-                    retry_after(&headers),
-                    &body,
-                ));
-            }
-            Ok(Fetched {
-                status,
-                headers,
-                body,
-            })
-        })
-        .await
-    }
-
     /// Reads a whole body of at most `limit` bytes.
     pub(crate) async fn read_body(
         &self,
@@ -533,7 +420,7 @@ impl RegistryClient {
         classify_response(&ctx, status.as_u16(), wait, body)
     }
 
-    fn context<'a>(
+    pub(crate) fn context<'a>(
         &'a self,
         call: &'a Call<'_>,
         operation: Operation,
@@ -598,22 +485,7 @@ impl RegistryClient {
     }
 }
 
-enum Auth<'a> {
-    Anonymous,
-    Basic(&'a Credentials),
-    Bearer(String),
-}
-
-fn bearer_challenge(headers: &HeaderMap) -> Option<Challenge> {
-    Challenge::bearer(
-        headers
-            .get_all(WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok()),
-    )
-}
-
 /// Statuses worth trying again: the registry or a proxy in front of it is overloaded or restarting.
-fn is_transient_status(status: StatusCode) -> bool {
+pub(crate) fn is_transient_status(status: StatusCode) -> bool {
     matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
 }

@@ -11,6 +11,12 @@ pub(crate) mod token;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use reqwest::header::{HeaderMap, WWW_AUTHENTICATE};
+
+use super::call::Call;
+use super::client::RegistryClient;
+use super::endpoint::same_origin;
+
 /// A username and password (or token) for one registry host.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
@@ -47,6 +53,29 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// What a request carries to say who we are.
+pub(crate) enum Auth<'a> {
+    Anonymous,
+    Basic(&'a Credentials),
+    Bearer(String),
+}
+
+impl RegistryClient {
+    /// Which credentials go with `call`: none unless it goes to our own endpoint.
+    pub(crate) fn auth_for(&self, call: &Call<'_>) -> Auth<'_> {
+        if !same_origin(&call.url, self.endpoint()) {
+            return Auth::Anonymous;
+        }
+        if let Some(token) = self.tokens().get(call.repository, call.access) {
+            return Auth::Bearer(token);
+        }
+        match self.credentials() {
+            Some(c) => Auth::Basic(c),
+            None => Auth::Anonymous,
+        }
+    }
+}
+
 /// One challenge of a `WWW-Authenticate` header, e.g.
 /// `Bearer realm="https://h/v2/token",service="container_registry",scope="*"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +98,16 @@ impl Challenge {
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params.get(name).map(String::as_str)
     }
+}
+
+/// The first Bearer challenge (with a realm) among a response's `WWW-Authenticate` headers.
+pub(crate) fn bearer_challenge(headers: &HeaderMap) -> Option<Challenge> {
+    Challenge::bearer(
+        headers
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
 }
 
 /// Parses a `WWW-Authenticate` value (RFC 7235: challenges separated by commas, each a scheme

@@ -13,7 +13,11 @@ use std::time::{Duration, Instant};
 use reqwest::Url;
 use serde::Deserialize;
 
-use super::{Access, scope};
+use super::{Access, Challenge, Credentials, scope};
+use crate::call::{Call, Fetched};
+use crate::client::{RegistryClient, SMALL_BODY_LIMIT, is_transient_status};
+use crate::error::{Operation, RegistryError, ResponseContext, classify_response};
+use crate::retry::retry_after;
 
 /// The body of a token endpoint's answer (`token` or the OAuth2 name `access_token`).
 #[derive(Deserialize)]
@@ -141,6 +145,119 @@ pub(crate) fn authority(url: &Url) -> String {
     match url.port() {
         Some(port) => format!("{host}:{port}"),
         None => host.to_owned(),
+    }
+}
+
+impl RegistryClient {
+    /// Fetches and caches a token for `call`'s repository and access as `challenge` asks.
+    pub(crate) async fn fetch_token(
+        &self,
+        challenge: &Challenge,
+        call: &Call<'_>,
+    ) -> Result<(), RegistryError> {
+        let Some(realm) = challenge.param("realm") else {
+            return Err(self.invalid_response(Operation::Token, "Bearer challenge without realm"));
+        };
+        let scope = challenge
+            .param("scope")
+            .map(str::to_owned)
+            .unwrap_or_else(|| super::scope(call.repository, call.access));
+        let endpoints = token_endpoints(
+            realm,
+            self.host(),
+            self.endpoint(),
+            self.credentials().is_some(),
+        );
+        for endpoint in endpoints {
+            let mut url = endpoint.url.clone();
+            {
+                let mut query = url.query_pairs_mut();
+                if let Some(service) = challenge.param("service") {
+                    query.append_pair("service", service);
+                }
+                query.append_pair("scope", &scope);
+            }
+            let credentials = self.credentials().filter(|_| endpoint.with_credentials);
+            let fetched = self.get_token(&url, credentials).await?;
+            match fetched.status.as_u16() {
+                200 => {
+                    let parsed: TokenResponse =
+                        serde_json::from_slice(&fetched.body).map_err(|e| {
+                            self.invalid_response(
+                                Operation::Token,
+                                &format!("token is not JSON: {e}"),
+                            )
+                        })?;
+                    let (token, lifetime) = parsed.into_token().ok_or_else(|| {
+                        self.invalid_response(Operation::Token, "no token in the answer")
+                    })?;
+                    self.tokens()
+                        .put(call.repository, call.access, token, lifetime);
+                    return Ok(());
+                }
+                // No token service at this address: try the next candidate.
+                404 | 405 => continue,
+                status => {
+                    let ctx = self.context(call, Operation::Token, credentials);
+                    return Err(classify_response(&ctx, status, None, &fetched.body));
+                }
+            }
+        }
+        let ctx = self.context(call, Operation::Token, self.credentials());
+        Err(classify_response(
+            &ctx,
+            401,
+            None,
+            format!("no usable token endpoint for realm {realm}").as_bytes(),
+        ))
+    }
+
+    /// One token request (basic credentials only when given), retrying transient failures; the
+    /// caller decides what any other status means.
+    async fn get_token(
+        &self,
+        url: &Url,
+        credentials: Option<&Credentials>,
+    ) -> Result<Fetched, RegistryError> {
+        let timeout = self.timeouts().request;
+        self.with_retries(|| async move {
+            let mut request = self.http().get(url.clone()).timeout(timeout);
+            if let Some(c) = credentials {
+                request = request.basic_auth(&c.username, Some(&c.password));
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| self.transport_error(e, Operation::Token, Some(timeout)))?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let body = self
+                .read_body(response, SMALL_BODY_LIMIT, Operation::Token)
+                .await?;
+            if is_transient_status(status) {
+                let ctx = ResponseContext {
+                    host: self.host(),
+                    repository: "",
+                    operation: Operation::Token,
+                    reference: None,
+                    user: None,
+                    credentials_source: None,
+                    body_size: None,
+                };
+                return Err(classify_response(
+                    &ctx,
+                    status.as_u16(),
+                    retry_after(&headers),
+                    &body,
+                ));
+            }
+            Ok(Fetched {
+                status,
+                headers,
+                body,
+            })
+        })
+        .await
     }
 }
 
