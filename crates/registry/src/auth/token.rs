@@ -15,8 +15,9 @@ use serde::Deserialize;
 
 use super::{Access, Challenge, Credentials, scope};
 use crate::call::{Call, Fetched};
+use crate::classify::{ResponseContext, classify_response};
 use crate::client::{RegistryClient, SMALL_BODY_LIMIT, is_transient_status};
-use crate::error::{Operation, RegistryError, ResponseContext, classify_response};
+use crate::error::{Operation, RegistryError};
 use crate::retry::retry_after;
 
 /// The body of a token endpoint's answer (`token` or the OAuth2 name `access_token`).
