@@ -1,6 +1,8 @@
 //! How an HTTP response becomes a [`RegistryError`]: the status, the operation that got it and
 //! the distribution error codes in the body decide which error (and so which message, reason and
-//! retry decision) the caller sees.
+//! retry decision) the caller sees. The client's entry points ([`RegistryClient::error_from`],
+//! [`RegistryClient::explain_head`], [`RegistryClient::classify`]) and the statuses that are
+//! retried ([`is_transient_status`]) are here too.
 //!
 //! Kept apart from the error type in [`super::error`] because this is policy about registries'
 //! answers (Gitea's 404 for an unknown owner, Docker Hub's 403 TOOMANYREQUESTS, ...), while the
@@ -8,9 +10,91 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use reqwest::{Method, Response, StatusCode};
 use serde::Deserialize;
 
+use super::auth::Credentials;
+use super::call::Call;
+use super::client::{RegistryClient, SMALL_BODY_LIMIT};
 use super::error::{Operation, RegistryError};
+use super::retry::retry_after;
+
+impl RegistryClient {
+    /// Turns an unexpected response into the error that explains it.
+    pub(crate) async fn error_from(&self, call: &Call<'_>, response: Response) -> RegistryError {
+        let status = response.status();
+        let wait = retry_after(response.headers());
+        let body = match tokio::time::timeout(
+            Duration::from_secs(10),
+            self.read_body(response, SMALL_BODY_LIMIT, call.operation),
+        )
+        .await
+        {
+            Ok(Ok(body)) => body,
+            _ => Bytes::new(),
+        };
+        self.classify(call, status, wait, &body)
+    }
+
+    /// HEAD answers carry no body, so the registry's error code is missing: ask again with GET
+    /// to learn it (e.g. Gitea's NAME_INVALID), falling back to the bare status.
+    pub(crate) async fn explain_head(&self, call: &Call<'_>, response: Response) -> RegistryError {
+        let status = response.status();
+        let wait = retry_after(response.headers());
+        let mut get = Call::new(
+            Method::GET,
+            call.url.clone(),
+            call.repository,
+            call.access,
+            call.operation,
+        );
+        get.reference = call.reference.clone();
+        get.headers = call.headers.clone();
+        match self.send_read(&get, SMALL_BODY_LIMIT).await {
+            Ok(fetched) if fetched.status == status => {
+                self.classify(call, status, wait, &fetched.body)
+            }
+            _ => self.classify(call, status, wait, b""),
+        }
+    }
+
+    /// Classifies a response whose body was already read.
+    pub(crate) fn classify(
+        &self,
+        call: &Call<'_>,
+        status: StatusCode,
+        wait: Option<Duration>,
+        body: &[u8],
+    ) -> RegistryError {
+        let ctx = self.context(call, call.operation, self.credentials());
+        classify_response(&ctx, status.as_u16(), wait, body)
+    }
+
+    /// What classifying an answer to `call` needs to know; `credentials` are the ones that were
+    /// sent (named in "refused" messages).
+    pub(crate) fn context<'a>(
+        &'a self,
+        call: &'a Call<'_>,
+        operation: Operation,
+        credentials: Option<&'a Credentials>,
+    ) -> ResponseContext<'a> {
+        ResponseContext {
+            host: self.host(),
+            repository: call.repository,
+            operation,
+            reference: call.reference.as_deref(),
+            user: credentials.map(|c| c.username.as_str()),
+            credentials_source: credentials.map(|c| c.source.as_str()),
+            body_size: call.body_size,
+        }
+    }
+}
+
+/// Statuses worth trying again: the registry or a proxy in front of it is overloaded or restarting.
+pub(crate) fn is_transient_status(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
+}
 
 /// Everything needed to turn an unexpected response into a [`RegistryError`].
 pub(crate) struct ResponseContext<'a> {

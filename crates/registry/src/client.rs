@@ -1,5 +1,8 @@
-//! The per-host client and its request machinery: authentication, retries and turning failures
-//! into [`RegistryError`]s that say what to fix.
+//! The per-host client and its request machinery: construction, accessors, sending a [`Call`]
+//! with retries, reading bodies, and time limits and failures below HTTP (TLS, connections).
+//!
+//! What a request carries and how bearer tokens are fetched is in [`super::auth`]; which
+//! [`RegistryError`] an unexpected answer becomes is in [`super::classify`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,10 +15,10 @@ use reqwest::{Method, Response, StatusCode, Url};
 use super::auth::token::TokenCache;
 use super::auth::{Access, Auth, Credentials, bearer_challenge};
 use super::call::{Call, CallBody, CallTimeout, Fetched};
-use super::classify::{ResponseContext, classify_response};
+use super::classify::is_transient_status;
 use super::endpoint::endpoint_url;
 use super::error::{Operation, RegistryError};
-use super::retry::{RetryPolicy, retry_after};
+use super::retry::RetryPolicy;
 use super::tls::{TrustConfig, find_rustls_error};
 use super::{RegistryConfig, Timeouts};
 
@@ -371,73 +374,6 @@ impl RegistryClient {
         Ok(body.freeze())
     }
 
-    /// Turns an unexpected response into the error that explains it.
-    pub(crate) async fn error_from(&self, call: &Call<'_>, response: Response) -> RegistryError {
-        let status = response.status();
-        let wait = retry_after(response.headers());
-        let body = match tokio::time::timeout(
-            Duration::from_secs(10),
-            self.read_body(response, SMALL_BODY_LIMIT, call.operation),
-        )
-        .await
-        {
-            Ok(Ok(body)) => body,
-            _ => Bytes::new(),
-        };
-        self.classify(call, status, wait, &body)
-    }
-
-    /// HEAD answers carry no body, so the registry's error code is missing: ask again with GET
-    /// to learn it (e.g. Gitea's NAME_INVALID), falling back to the bare status.
-    pub(crate) async fn explain_head(&self, call: &Call<'_>, response: Response) -> RegistryError {
-        let status = response.status();
-        let wait = retry_after(response.headers());
-        let mut get = Call::new(
-            Method::GET,
-            call.url.clone(),
-            call.repository,
-            call.access,
-            call.operation,
-        );
-        get.reference = call.reference.clone();
-        get.headers = call.headers.clone();
-        match self.send_read(&get, SMALL_BODY_LIMIT).await {
-            Ok(fetched) if fetched.status == status => {
-                self.classify(call, status, wait, &fetched.body)
-            }
-            _ => self.classify(call, status, wait, b""),
-        }
-    }
-
-    /// Classifies a response whose body was already read.
-    pub(crate) fn classify(
-        &self,
-        call: &Call<'_>,
-        status: StatusCode,
-        wait: Option<Duration>,
-        body: &[u8],
-    ) -> RegistryError {
-        let ctx = self.context(call, call.operation, self.inner.credentials.as_ref());
-        classify_response(&ctx, status.as_u16(), wait, body)
-    }
-
-    pub(crate) fn context<'a>(
-        &'a self,
-        call: &'a Call<'_>,
-        operation: Operation,
-        credentials: Option<&'a Credentials>,
-    ) -> ResponseContext<'a> {
-        ResponseContext {
-            host: &self.inner.host,
-            repository: call.repository,
-            operation,
-            reference: call.reference.as_deref(),
-            user: credentials.map(|c| c.username.as_str()),
-            credentials_source: credentials.map(|c| c.source.as_str()),
-            body_size: call.body_size,
-        }
-    }
-
     fn limit_of(&self, timeout: CallTimeout) -> Duration {
         match timeout {
             CallTimeout::Request | CallTimeout::Stream => self.inner.timeouts.request,
@@ -484,9 +420,4 @@ impl RegistryClient {
             detail,
         }
     }
-}
-
-/// Statuses worth trying again: the registry or a proxy in front of it is overloaded or restarting.
-pub(crate) fn is_transient_status(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
 }

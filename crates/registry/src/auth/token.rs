@@ -15,8 +15,8 @@ use serde::Deserialize;
 
 use super::{Access, Challenge, Credentials, scope};
 use crate::call::{Call, Fetched};
-use crate::classify::{ResponseContext, classify_response};
-use crate::client::{RegistryClient, SMALL_BODY_LIMIT, is_transient_status};
+use crate::classify::{ResponseContext, classify_response, is_transient_status};
+use crate::client::{RegistryClient, SMALL_BODY_LIMIT};
 use crate::error::{Operation, RegistryError};
 use crate::retry::retry_after;
 
