@@ -13,7 +13,7 @@
 //!
 //! Hosts are compared in their canonical form, so `index.docker.io` and `docker.io` are one host.
 //! Which token realm may see credentials is decided where tokens are fetched
-//! ([`super::auth::token_endpoints`]): only the registry's own host or endpoint.
+//! ([`super::auth::token::token_endpoints`]): only the registry's own host or endpoint.
 
 use std::fmt;
 

@@ -1,24 +1,29 @@
-//! The per-host client and its request machinery: authentication, retries and turning failures
-//! into [`RegistryError`]s that say what to fix.
+//! The per-host client and its request machinery: construction, accessors, sending a [`Call`]
+//! with retries, reading bodies, and time limits and failures below HTTP (TLS, connections).
+//!
+//! What a request carries and how bearer tokens are fetched is in [`super::auth`]; which
+//! [`RegistryError`] an unexpected answer becomes is in [`super::classify`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use reqwest::header::{HeaderMap, WWW_AUTHENTICATE};
+use reqwest::header::HeaderMap;
 use reqwest::{Method, Response, StatusCode, Url};
 
-use super::auth::{self, Access, Challenge, Credentials, TokenCache, TokenResponse};
+use super::auth::token::TokenCache;
+use super::auth::{Access, Auth, Credentials, bearer_challenge};
 use super::call::{Call, CallBody, CallTimeout, Fetched};
-use super::endpoint::{endpoint_url, same_origin};
-use super::error::{Operation, RegistryError, ResponseContext, classify_response};
-use super::retry::{RetryPolicy, retry_after};
+use super::classify::is_transient_status;
+use super::endpoint::endpoint_url;
+use super::error::{Operation, RegistryError};
+use super::retry::RetryPolicy;
 use super::tls::{TrustConfig, find_rustls_error};
 use super::{RegistryConfig, Timeouts};
 
 /// Largest error or token body we read.
-const SMALL_BODY_LIMIT: usize = 64 * 1024;
+pub(crate) const SMALL_BODY_LIMIT: usize = 64 * 1024;
 
 /// A client for one registry host. Cheap to clone; clones share connections and tokens.
 #[derive(Clone, Debug)]
@@ -128,6 +133,21 @@ impl RegistryClient {
 
     pub(crate) fn max_request_body(&self) -> u64 {
         self.inner.max_request_body
+    }
+
+    /// The credentials configured for this host, if any.
+    pub(crate) fn credentials(&self) -> Option<&Credentials> {
+        self.inner.credentials.as_ref()
+    }
+
+    /// Bearer tokens fetched for this host, shared by clones.
+    pub(crate) fn tokens(&self) -> &TokenCache {
+        &self.inner.tokens
+    }
+
+    /// The HTTP client, for requests that are not [`Call`]s (token requests).
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.inner.http
     }
 
     /// An absolute URL on the endpoint for `path` (which starts with `/v2/`).
@@ -326,134 +346,6 @@ impl RegistryClient {
         Ok(request)
     }
 
-    /// Which credentials go with `call`: none unless it goes to our own endpoint.
-    fn auth_for(&self, call: &Call<'_>) -> Auth<'_> {
-        if !same_origin(&call.url, &self.inner.endpoint) {
-            return Auth::Anonymous;
-        }
-        if let Some(token) = self.inner.tokens.get(call.repository, call.access) {
-            return Auth::Bearer(token);
-        }
-        match &self.inner.credentials {
-            Some(c) => Auth::Basic(c),
-            None => Auth::Anonymous,
-        }
-    }
-
-    /// Fetches and caches a token for `call`'s repository and access as `challenge` asks.
-    async fn fetch_token(
-        &self,
-        challenge: &Challenge,
-        call: &Call<'_>,
-    ) -> Result<(), RegistryError> {
-        let Some(realm) = challenge.param("realm") else {
-            return Err(self.invalid_response(Operation::Token, "Bearer challenge without realm"));
-        };
-        let scope = challenge
-            .param("scope")
-            .map(str::to_owned)
-            .unwrap_or_else(|| auth::scope(call.repository, call.access));
-        let endpoints = auth::token_endpoints(
-            realm,
-            &self.inner.host,
-            &self.inner.endpoint,
-            self.inner.credentials.is_some(),
-        );
-        for endpoint in endpoints {
-            let mut url = endpoint.url.clone();
-            {
-                let mut query = url.query_pairs_mut();
-                if let Some(service) = challenge.param("service") {
-                    query.append_pair("service", service);
-                }
-                query.append_pair("scope", &scope);
-            }
-            let credentials = self
-                .inner
-                .credentials
-                .as_ref()
-                .filter(|_| endpoint.with_credentials);
-            let fetched = self.get_token(&url, credentials).await?;
-            match fetched.status.as_u16() {
-                200 => {
-                    let parsed: TokenResponse =
-                        serde_json::from_slice(&fetched.body).map_err(|e| {
-                            self.invalid_response(
-                                Operation::Token,
-                                &format!("token is not JSON: {e}"),
-                            )
-                        })?;
-                    let (token, lifetime) = parsed.into_token().ok_or_else(|| {
-                        self.invalid_response(Operation::Token, "no token in the answer")
-                    })?;
-                    self.inner
-                        .tokens
-                        .put(call.repository, call.access, token, lifetime);
-                    return Ok(());
-                }
-                // No token service at this address: try the next candidate.
-                404 | 405 => continue,
-                status => {
-                    let ctx = self.context(call, Operation::Token, credentials);
-                    return Err(classify_response(&ctx, status, None, &fetched.body));
-                }
-            }
-        }
-        let ctx = self.context(call, Operation::Token, self.inner.credentials.as_ref());
-        Err(classify_response(
-            &ctx,
-            401,
-            None,
-            format!("no usable token endpoint for realm {realm}").as_bytes(),
-        ))
-    }
-
-    async fn get_token(
-        &self,
-        url: &Url,
-        credentials: Option<&Credentials>,
-    ) -> Result<Fetched, RegistryError> {
-        let timeout = self.inner.timeouts.request;
-        self.with_retries(|| async move {
-            let mut request = self.inner.http.get(url.clone()).timeout(timeout);
-            if let Some(c) = credentials {
-                request = request.basic_auth(&c.username, Some(&c.password));
-            }
-            let response = request
-                .send()
-                .await
-                .map_err(|e| self.transport_error(e, Operation::Token, Some(timeout)))?;
-            let status = response.status();
-            let headers = response.headers().clone();
-            let body = self
-                .read_body(response, SMALL_BODY_LIMIT, Operation::Token)
-                .await?;
-            if is_transient_status(status) {
-                let ctx = ResponseContext {
-                    host: &self.inner.host,
-                    repository: "",
-                    operation: Operation::Token,
-                    reference: None,
-                    user: None,
-                    credentials_source: None,
-                    body_size: None,
-                };
-                return Err(classify_response(
-                    &ctx,
-                    status.as_u16(),
-                    retry_after(&headers),
-                    &body,
-                ));
-            }
-            Ok(Fetched {
-                status,
-                headers,
-                body,
-            })
-        })
-        .await
-    }
-
     /// Reads a whole body of at most `limit` bytes.
     pub(crate) async fn read_body(
         &self,
@@ -480,73 +372,6 @@ impl RegistryClient {
             body.extend_from_slice(&chunk);
         }
         Ok(body.freeze())
-    }
-
-    /// Turns an unexpected response into the error that explains it.
-    pub(crate) async fn error_from(&self, call: &Call<'_>, response: Response) -> RegistryError {
-        let status = response.status();
-        let wait = retry_after(response.headers());
-        let body = match tokio::time::timeout(
-            Duration::from_secs(10),
-            self.read_body(response, SMALL_BODY_LIMIT, call.operation),
-        )
-        .await
-        {
-            Ok(Ok(body)) => body,
-            _ => Bytes::new(),
-        };
-        self.classify(call, status, wait, &body)
-    }
-
-    /// HEAD answers carry no body, so the registry's error code is missing: ask again with GET
-    /// to learn it (e.g. Gitea's NAME_INVALID), falling back to the bare status.
-    pub(crate) async fn explain_head(&self, call: &Call<'_>, response: Response) -> RegistryError {
-        let status = response.status();
-        let wait = retry_after(response.headers());
-        let mut get = Call::new(
-            Method::GET,
-            call.url.clone(),
-            call.repository,
-            call.access,
-            call.operation,
-        );
-        get.reference = call.reference.clone();
-        get.headers = call.headers.clone();
-        match self.send_read(&get, SMALL_BODY_LIMIT).await {
-            Ok(fetched) if fetched.status == status => {
-                self.classify(call, status, wait, &fetched.body)
-            }
-            _ => self.classify(call, status, wait, b""),
-        }
-    }
-
-    /// Classifies a response whose body was already read.
-    pub(crate) fn classify(
-        &self,
-        call: &Call<'_>,
-        status: StatusCode,
-        wait: Option<Duration>,
-        body: &[u8],
-    ) -> RegistryError {
-        let ctx = self.context(call, call.operation, self.inner.credentials.as_ref());
-        classify_response(&ctx, status.as_u16(), wait, body)
-    }
-
-    fn context<'a>(
-        &'a self,
-        call: &'a Call<'_>,
-        operation: Operation,
-        credentials: Option<&'a Credentials>,
-    ) -> ResponseContext<'a> {
-        ResponseContext {
-            host: &self.inner.host,
-            repository: call.repository,
-            operation,
-            reference: call.reference.as_deref(),
-            user: credentials.map(|c| c.username.as_str()),
-            credentials_source: credentials.map(|c| c.source.as_str()),
-            body_size: call.body_size,
-        }
     }
 
     fn limit_of(&self, timeout: CallTimeout) -> Duration {
@@ -595,24 +420,4 @@ impl RegistryClient {
             detail,
         }
     }
-}
-
-enum Auth<'a> {
-    Anonymous,
-    Basic(&'a Credentials),
-    Bearer(String),
-}
-
-fn bearer_challenge(headers: &HeaderMap) -> Option<Challenge> {
-    Challenge::bearer(
-        headers
-            .get_all(WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok()),
-    )
-}
-
-/// Statuses worth trying again: the registry or a proxy in front of it is overloaded or restarting.
-fn is_transient_status(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
 }

@@ -9,6 +9,7 @@ pub mod access;
 mod auth;
 mod blob;
 mod call;
+mod classify;
 mod client;
 mod endpoint;
 mod error;

@@ -1,17 +1,21 @@
-//! Registry authentication: credentials, `WWW-Authenticate` challenges and bearer tokens.
+//! Registry authentication: credentials, `WWW-Authenticate` challenges and token scopes.
 //!
 //! Basic credentials are sent up front on every request to the registry they belong to (Gitea
 //! accepts them everywhere, and since 1.22 advertises a token realm built from its ROOT_URL, which
 //! a client on the in-cluster HTTP endpoint may not reach). A 401 with a Bearer challenge makes us
-//! fetch a token for that scope and try once more.
+//! fetch a token for that scope and try once more; how tokens are fetched, where from, and how
+//! long they are kept is in [`token`].
 
-use std::collections::{BTreeMap, HashMap};
+pub(crate) mod token;
+
+use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
-use reqwest::Url;
-use serde::Deserialize;
+use reqwest::header::{HeaderMap, WWW_AUTHENTICATE};
+
+use super::call::Call;
+use super::client::RegistryClient;
+use super::endpoint::same_origin;
 
 /// A username and password (or token) for one registry host.
 #[derive(Clone, PartialEq, Eq)]
@@ -49,6 +53,29 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// What a request carries to say who we are.
+pub(crate) enum Auth<'a> {
+    Anonymous,
+    Basic(&'a Credentials),
+    Bearer(String),
+}
+
+impl RegistryClient {
+    /// Which credentials go with `call`: none unless it goes to our own endpoint.
+    pub(crate) fn auth_for(&self, call: &Call<'_>) -> Auth<'_> {
+        if !same_origin(&call.url, self.endpoint()) {
+            return Auth::Anonymous;
+        }
+        if let Some(token) = self.tokens().get(call.repository, call.access) {
+            return Auth::Bearer(token);
+        }
+        match self.credentials() {
+            Some(c) => Auth::Basic(c),
+            None => Auth::Anonymous,
+        }
+    }
+}
+
 /// One challenge of a `WWW-Authenticate` header, e.g.
 /// `Bearer realm="https://h/v2/token",service="container_registry",scope="*"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +98,16 @@ impl Challenge {
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params.get(name).map(String::as_str)
     }
+}
+
+/// The first Bearer challenge (with a realm) among a response's `WWW-Authenticate` headers.
+pub(crate) fn bearer_challenge(headers: &HeaderMap) -> Option<Challenge> {
+    Challenge::bearer(
+        headers
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
 }
 
 /// Parses a `WWW-Authenticate` value (RFC 7235: challenges separated by commas, each a scheme
@@ -146,135 +183,6 @@ pub(crate) fn scope(repository: &str, access: Access) -> String {
     format!("repository:{repository}:{actions}")
 }
 
-/// The body of a token endpoint's answer (`token` or the OAuth2 name `access_token`).
-#[derive(Deserialize)]
-pub(crate) struct TokenResponse {
-    #[serde(default)]
-    token: Option<String>,
-    #[serde(default)]
-    access_token: Option<String>,
-    #[serde(default)]
-    expires_in: Option<u64>,
-}
-
-impl TokenResponse {
-    /// The token and how long it may be used.
-    pub fn into_token(self) -> Option<(String, Duration)> {
-        let token = self.token.or(self.access_token).filter(|t| !t.is_empty())?;
-        // Distribution's default is 60 s when unspecified; renew a little early.
-        let lifetime = Duration::from_secs(self.expires_in.unwrap_or(60).max(10) - 5);
-        Some((token, lifetime))
-    }
-}
-
-impl fmt::Debug for TokenResponse {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TokenResponse(<redacted>)")
-    }
-}
-
-/// Bearer tokens by scope, forgotten when they expire.
-#[derive(Default)]
-pub(crate) struct TokenCache {
-    tokens: Mutex<HashMap<String, (String, Instant)>>,
-}
-
-impl fmt::Debug for TokenCache {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let count = self.tokens.lock().map(|t| t.len()).unwrap_or(0);
-        write!(f, "TokenCache({count} tokens)")
-    }
-}
-
-impl TokenCache {
-    /// A live token for `scope`. A push token also serves pulls of the same repository.
-    pub fn get(&self, repository: &str, access: Access) -> Option<String> {
-        let tokens = self.tokens.lock().ok()?;
-        let mut candidates = vec![scope(repository, access)];
-        if access == Access::Pull {
-            candidates.push(scope(repository, Access::Push));
-        }
-        candidates.iter().find_map(|key| {
-            tokens
-                .get(key)
-                .filter(|(_, expires)| *expires > Instant::now())
-                .map(|(token, _)| token.clone())
-        })
-    }
-
-    pub fn put(&self, repository: &str, access: Access, token: String, lifetime: Duration) {
-        if let Ok(mut tokens) = self.tokens.lock() {
-            tokens.insert(
-                scope(repository, access),
-                (token, Instant::now() + lifetime),
-            );
-        }
-    }
-
-    pub fn forget(&self, repository: &str, access: Access) {
-        if let Ok(mut tokens) = self.tokens.lock() {
-            tokens.remove(&scope(repository, access));
-        }
-    }
-}
-
-/// Where to ask for a token, and whether our credentials may go there.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct TokenEndpoint {
-    pub url: Url,
-    pub with_credentials: bool,
-}
-
-/// Decides where to fetch a token. Credentials go only to the registry we were configured for:
-/// a realm on the registry's host (or its endpoint) is asked at our endpoint, where the
-/// credentials belong and which we know we can reach; a realm elsewhere is asked with
-/// credentials at our own endpoint under the realm's path first (Gitea behind a proxy advertises
-/// its external URL), and anonymously at the realm itself as the fallback (Docker Hub).
-pub(crate) fn token_endpoints(
-    realm: &str,
-    host: &str,
-    endpoint: &Url,
-    have_credentials: bool,
-) -> Vec<TokenEndpoint> {
-    let Ok(realm_url) = Url::parse(realm).or_else(|_| endpoint.join(realm)) else {
-        return Vec::new();
-    };
-    let on_our_endpoint = {
-        let mut url = endpoint.clone();
-        url.set_path(realm_url.path());
-        url.set_query(realm_url.query());
-        url
-    };
-    let ours = authority(&realm_url) == host || authority(&realm_url) == authority(endpoint);
-    if ours {
-        return vec![TokenEndpoint {
-            url: on_our_endpoint,
-            with_credentials: have_credentials,
-        }];
-    }
-    let mut endpoints = Vec::new();
-    if have_credentials {
-        endpoints.push(TokenEndpoint {
-            url: on_our_endpoint,
-            with_credentials: true,
-        });
-    }
-    endpoints.push(TokenEndpoint {
-        url: realm_url,
-        with_credentials: false,
-    });
-    endpoints
-}
-
-/// `host[:port]` of a URL, the port only when it is not the scheme's default.
-pub(crate) fn authority(url: &Url) -> String {
-    let host = url.host_str().unwrap_or_default();
-    match url.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,61 +243,5 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("s3cr:t@pw"), "{shown}");
         assert!(shown.contains("giteaAdmin"));
-    }
-
-    #[test]
-    fn realm_on_the_registry_host_is_asked_at_our_endpoint_with_credentials() {
-        let endpoint =
-            Url::parse("http://my-gitea-http.gitea.svc.cluster.local:3000").expect("url");
-        let got = token_endpoints(
-            "https://gitea.cnoe.localtest.me:8443/v2/token",
-            "gitea.cnoe.localtest.me:8443",
-            &endpoint,
-            true,
-        );
-        assert_eq!(
-            got,
-            vec![TokenEndpoint {
-                url: Url::parse("http://my-gitea-http.gitea.svc.cluster.local:3000/v2/token")
-                    .expect("url"),
-                with_credentials: true
-            }]
-        );
-    }
-
-    #[test]
-    fn foreign_realm_never_receives_credentials() {
-        let endpoint = Url::parse("https://registry-1.docker.io").expect("url");
-        let got = token_endpoints("https://auth.docker.io/token", "docker.io", &endpoint, true);
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[0].url.as_str(), "https://registry-1.docker.io/token");
-        assert!(got[0].with_credentials);
-        assert_eq!(got[1].url.as_str(), "https://auth.docker.io/token");
-        assert!(!got[1].with_credentials);
-    }
-
-    #[test]
-    fn relative_realm_resolves_against_the_endpoint() {
-        let endpoint = Url::parse("https://reg.example:5000").expect("url");
-        let got = token_endpoints("/v2/token", "reg.example:5000", &endpoint, false);
-        assert_eq!(got[0].url.as_str(), "https://reg.example:5000/v2/token");
-        assert!(!got[0].with_credentials);
-    }
-
-    #[test]
-    fn push_token_serves_pulls_but_not_the_reverse() {
-        let cache = TokenCache::default();
-        cache.put("o/app", Access::Push, "t".into(), Duration::from_secs(60));
-        assert_eq!(cache.get("o/app", Access::Pull).as_deref(), Some("t"));
-        let cache = TokenCache::default();
-        cache.put("o/app", Access::Pull, "t".into(), Duration::from_secs(60));
-        assert_eq!(cache.get("o/app", Access::Push), None);
-    }
-
-    #[test]
-    fn expired_tokens_are_not_used() {
-        let cache = TokenCache::default();
-        cache.put("o/app", Access::Pull, "t".into(), Duration::ZERO);
-        assert_eq!(cache.get("o/app", Access::Pull), None);
     }
 }
