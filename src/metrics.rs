@@ -9,10 +9,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// Label of a finished build: `Succeeded`, `UpToDate`, or the failure reason.
+use crate::failure::FailureKind;
+
+/// Labels of a finished build: `result` is `Pushed`, `UpToDate` or the failure reason (the
+/// condition's reason); `kind` is the failure kind (`input`, `auth`, `not_found`, `tls`,
+/// `network`, `other`) or `none`, so alerts can tell a user's mistake from an outage.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: String,
+    pub kind: &'static str,
 }
 
 /// All metrics, registered once at start-up.
@@ -72,11 +77,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts a finished build under `result`.
-    pub fn build_finished(&self, result: &str, seconds: f64) {
+    /// Counts a finished build under `result`, and the kind of its failure if it failed.
+    pub fn build_finished(&self, result: &str, failure: Option<FailureKind>, seconds: f64) {
         self.builds
             .get_or_create(&ResultLabel {
                 result: result.to_owned(),
+                kind: failure.map_or("none", FailureKind::label),
             })
             .inc();
         self.build_duration.observe(seconds);
@@ -89,5 +95,26 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_are_counted_by_result_and_failure_kind() {
+        let metrics = Metrics::default();
+        metrics.build_finished("Pushed", None, 1.0);
+        metrics.build_finished("Unauthorized", Some(FailureKind::Auth), 0.5);
+        let text = metrics.encode();
+        assert!(
+            text.contains("imagebuild_builds_total{result=\"Pushed\",kind=\"none\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("imagebuild_builds_total{result=\"Unauthorized\",kind=\"auth\"} 1"),
+            "{text}"
+        );
     }
 }

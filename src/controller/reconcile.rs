@@ -179,7 +179,9 @@ async fn build(
     let pushed = match failure {
         Ok(pushed) => pushed,
         Err(error) => {
-            shared.metrics.build_finished(error.reason(), seconds);
+            shared
+                .metrics
+                .build_finished(error.reason(), Some(error.category().kind), seconds);
             let attempt = Some((inputs.inputs_digest, attempts));
             return record_failure(ib, api, shared, error, attempt).await;
         }
@@ -187,7 +189,7 @@ async fn build(
 
     let up_to_date = pushed.bytes_uploaded == 0;
     let reason = if up_to_date { "UpToDate" } else { "Pushed" };
-    shared.metrics.build_finished(reason, seconds);
+    shared.metrics.build_finished(reason, None, seconds);
     shared.metrics.bytes_pushed.inc_by(pushed.bytes_uploaded);
     let message = format!(
         "{} pushed as {} ({} bytes uploaded)",
