@@ -1,7 +1,14 @@
 //! The reader Pod as the API server will see it, and how the fetch reads a Pod's status.
 
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::pod_status::{ReaderState, failure_message, pod_says_why_waiting, reader_state};
 use super::*;
-use crate::transfer::ReceiveOptions;
+use crate::controller::config::ControllerConfig;
+use crate::controller::upload::{Expected, Uploads};
+use crate::transfer::{ReceiveOptions, TOKEN_ENV};
 
 fn image_build(yaml: &str) -> ImageBuild {
     crate::yaml::from_str(yaml).expect("ImageBuild")
