@@ -1,12 +1,16 @@
 //! The reader Pod: its specification, and the guard that deletes it when the fetch ends in any
 //! way (also when the build task is aborted).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EnvVar, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext,
+    PodSpec, SeccompProfile, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
-use serde_json::json;
 
 use super::fetch::ClaimSource;
 use super::settings::ReaderSettings;
@@ -16,6 +20,9 @@ use crate::build::BuildError;
 use crate::controller::error::Error;
 use crate::controller::upload::Expected;
 use crate::transfer::TOKEN_ENV;
+
+/// The volume of the claim in the reader Pod.
+const CLAIM_VOLUME: &str = "claim";
 
 /// The reader Pod of one fetch.
 pub(super) fn reader_pod(
@@ -27,14 +34,17 @@ pub(super) fn reader_pod(
 ) -> Result<Pod, Error> {
     let uid = ib.uid().unwrap_or_default();
     let name = ib.name_any();
-    let mut labels = json!({
-        "app.kubernetes.io/name": "imagebuild",
-        "app.kubernetes.io/component": "context-reader",
-        "app.kubernetes.io/managed-by": "imagebuild-controller",
-        UID_LABEL: uid,
-    });
+    let mut labels: BTreeMap<String, String> = [
+        ("app.kubernetes.io/name", "imagebuild"),
+        ("app.kubernetes.io/component", "context-reader"),
+        ("app.kubernetes.io/managed-by", "imagebuild-controller"),
+        (UID_LABEL, &uid),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+    .collect();
     if name.len() <= 63 {
-        labels[NAME_LABEL] = json!(name);
+        labels.insert(NAME_LABEL.to_owned(), name.clone());
     }
     let mut args = vec![
         "send-context".to_owned(),
@@ -48,64 +58,100 @@ pub(super) fn reader_pod(
         "--to".into(),
         format!("{}{}", settings.url, expected.path()),
     ]);
-    let owner = ib.controller_owner_ref(&());
+    // The field is an int64: a timeout beyond it cannot be given to the API server.
+    let deadline = timeout.as_secs().max(1);
+    let active_deadline_seconds = i64::try_from(deadline).map_err(|_| {
+        Error::Build(BuildError::Internal(format!(
+            "reader Pod specification: activeDeadlineSeconds {deadline} is out of range"
+        )))
+    })?;
     // Room for "-ctx-" and the five random characters generateName adds.
     let prefix: String = name.chars().take(40).collect();
-    let pod = json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "generateName": format!("{}-ctx-", prefix.trim_end_matches(['-', '.'])),
-            "namespace": source.namespace,
-            "labels": labels,
-            "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
-        },
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": false,
-            "enableServiceLinks": false,
-            "activeDeadlineSeconds": timeout.as_secs().max(1),
-            "terminationGracePeriodSeconds": 1,
-            "securityContext": {
-                "runAsNonRoot": true,
-                "runAsUser": READER_USER,
-                "runAsGroup": READER_USER,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            "containers": [{
-                "name": "send-context",
-                "image": settings.image,
-                "imagePullPolicy": settings.pull_policy,
-                "args": args,
-                "env": [
-                    {"name": TOKEN_ENV, "value": expected.token()},
-                    {"name": "RUST_LOG", "value": "warn"},
-                ],
-                "resources": settings.resources,
-                "securityContext": {
-                    "runAsNonRoot": true,
-                    "runAsUser": READER_USER,
-                    "readOnlyRootFilesystem": true,
-                    "allowPrivilegeEscalation": false,
-                    "capabilities": {"drop": ["ALL"]},
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-                "volumeMounts": [{"name": "claim", "mountPath": CLAIM_MOUNT, "readOnly": true}],
-            }],
-            // The whole claim, read-only: a subPath mount would make the kubelet create a
-            // missing directory in the user's volume; the sender resolves the subPath instead.
-            "volumes": [{
-                "name": "claim",
-                "persistentVolumeClaim": {"claimName": source.name, "readOnly": true},
-            }],
-        },
-    });
-    serde_json::from_value(pod).map_err(|e| {
-        Error::Build(BuildError::Internal(format!(
-            "reader Pod specification: {e}"
-        )))
+    let metadata = ObjectMeta {
+        generate_name: Some(format!("{}-ctx-", prefix.trim_end_matches(['-', '.']))),
+        namespace: Some(source.namespace.clone()),
+        labels: Some(labels),
+        owner_references: Some(ib.controller_owner_ref(&()).into_iter().collect()),
+        ..ObjectMeta::default()
+    };
+    let container = Container {
+        name: "send-context".into(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: Some(settings.pull_policy.clone()),
+        args: Some(args),
+        env: Some(vec![
+            env(TOKEN_ENV, expected.token()),
+            env("RUST_LOG", "warn"),
+        ]),
+        resources: Some(settings.resources.clone()),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(READER_USER),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(runtime_default_seccomp()),
+            ..SecurityContext::default()
+        }),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: CLAIM_VOLUME.into(),
+            mount_path: CLAIM_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    let spec = PodSpec {
+        restart_policy: Some("Never".into()),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        active_deadline_seconds: Some(active_deadline_seconds),
+        termination_grace_period_seconds: Some(1),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(READER_USER),
+            run_as_group: Some(READER_USER),
+            seccomp_profile: Some(runtime_default_seccomp()),
+            ..PodSecurityContext::default()
+        }),
+        containers: vec![container],
+        // The whole claim, read-only: a subPath mount would make the kubelet create a missing
+        // directory in the user's volume; the sender resolves the subPath instead.
+        volumes: Some(vec![Volume {
+            name: CLAIM_VOLUME.into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: source.name.clone(),
+                read_only: Some(true),
+            }),
+            ..Volume::default()
+        }]),
+        ..PodSpec::default()
+    };
+    Ok(Pod {
+        metadata,
+        spec: Some(spec),
+        status: None,
     })
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        value_from: None,
+    }
+}
+
+/// The container runtime's default seccomp profile, as the `restricted` level wants.
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        localhost_profile: None,
+    }
 }
 
 /// Readers of an earlier attempt (a controller that restarted mid-build) are not waited for.
