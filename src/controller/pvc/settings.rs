@@ -1,10 +1,11 @@
 //! How reader Pods are made: the reader flags of `imagebuild controller`, checked, and the
 //! settings and upload endpoint the controller keeps for them.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use serde_json::json;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::controller::upload::Uploads;
 
@@ -91,9 +92,15 @@ impl ReaderSettings {
 
 /// Enough for walking a directory and streaming it: the sender holds a few 256 KiB chunks.
 fn default_resources() -> ResourceRequirements {
-    serde_json::from_value(json!({
-        "requests": {"cpu": "10m", "memory": "16Mi"},
-        "limits": {"cpu": "500m", "memory": "64Mi"},
-    }))
-    .unwrap_or_default()
+    let cpu_and_memory = |cpu: &str, memory: &str| {
+        BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu.to_owned())),
+            ("memory".to_owned(), Quantity(memory.to_owned())),
+        ])
+    };
+    ResourceRequirements {
+        requests: Some(cpu_and_memory("10m", "16Mi")),
+        limits: Some(cpu_and_memory("500m", "64Mi")),
+        ..ResourceRequirements::default()
+    }
 }
