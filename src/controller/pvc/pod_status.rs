@@ -63,7 +63,10 @@ pub(super) fn failure_message(pod: &Pod) -> String {
     }
 }
 
-fn last_chars(text: &str, limit: usize) -> String {
+/// The last `limit` characters of `text`, after `...` when cut: a termination message that
+/// falls back to the log ends with the sender's error. (`crate::failure::truncate` keeps the
+/// start, counted in bytes, so it does not fit here.)
+pub(super) fn last_chars(text: &str, limit: usize) -> String {
     let count = text.chars().count();
     if count <= limit {
         return text.to_owned();

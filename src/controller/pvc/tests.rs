@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::pod_status::{ReaderState, failure_message, pod_says_why_waiting, reader_state};
+use super::pod_status::{
+    ReaderState, failure_message, last_chars, pod_says_why_waiting, reader_state,
+};
 use super::*;
 use crate::controller::config::ControllerConfig;
 use crate::controller::upload::{Expected, Uploads};
@@ -390,6 +392,19 @@ fn a_failed_reader_reports_its_own_message() {
         failure_message(&deadline),
         "DeadlineExceeded: Pod was active on the node longer than the specified deadline"
     );
+}
+
+#[test]
+fn a_long_failure_message_keeps_its_end() {
+    assert_eq!(last_chars("short", 5), "short");
+    assert_eq!(last_chars("a log\nerror: é", 8), "...error: é");
+    let log = format!("{}\nimagebuild: app/ctl.sock is a socket", "x".repeat(2000));
+    let message = failure_message(&pod(json!({"phase": "Failed", "containerStatuses": [{
+        "name": "send-context", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"terminated": {"exitCode": 1, "message": log}}}]})));
+    assert_eq!(message.chars().count(), 3 + 1024);
+    assert!(message.starts_with("...x"), "{message}");
+    assert!(message.ends_with("imagebuild: app/ctl.sock is a socket"));
 }
 
 #[test]
