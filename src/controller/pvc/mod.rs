@@ -12,11 +12,11 @@
 //! the ImageBuild (its ownerReference lets the garbage collector delete it, and the fetch
 //! notices).
 //!
-//! - [`settings`]: the controller's reader flags, checked, and the settings reader Pods are
+//! - `settings`: the controller's reader flags, checked, and the settings reader Pods are
 //!   made with;
-//! - [`pod`]: the reader Pod's specification, and the guard that deletes it;
-//! - [`pod_status`]: what a reader Pod's status says (started, failed and why, why not started);
-//! - [`fetch`]: the claim of one fetch, and the wait for its upload while the Pod is watched.
+//! - `pod`: the reader Pod's specification, and the guard that deletes it;
+//! - `pod_status`: what a reader Pod's status says (started, failed and why, why not started);
+//! - `fetch`: the claim of one fetch, and the wait for its upload while the Pod is watched.
 
 mod fetch;
 mod pod;
