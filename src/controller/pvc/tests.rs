@@ -1,7 +1,16 @@
 //! The reader Pod as the API server will see it, and how the fetch reads a Pod's status.
 
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::pod_status::{
+    ReaderState, failure_message, last_chars, pod_says_why_waiting, reader_state,
+};
 use super::*;
-use crate::transfer::ReceiveOptions;
+use crate::controller::config::ControllerConfig;
+use crate::controller::upload::{Expected, Uploads};
+use crate::transfer::{ReceiveOptions, TOKEN_ENV};
 
 fn image_build(yaml: &str) -> ImageBuild {
     crate::yaml::from_str(yaml).expect("ImageBuild")
@@ -33,25 +42,183 @@ fn settings() -> ReaderSettings {
     .unwrap()
 }
 
-fn pod_json() -> (serde_json::Value, String) {
-    let ib = hello();
+/// The reader Pod of `ib` as JSON, with the upload it is for.
+fn reader_pod_json(ib: &ImageBuild, settings: &ReaderSettings) -> (serde_json::Value, Expected) {
     let claim = ib.spec.context.persistent_volume_claim.clone().unwrap();
     let source = ClaimSource::new("apps", &claim).unwrap();
-    let uploads = Uploads::default();
-    let options = source.receive_options(&ib, &ControllerConfig::default());
-    let expected = uploads.expect("/tmp/x".into(), options).unwrap();
-    let pod = reader_pod(
-        &ib,
-        &source,
-        &settings(),
-        &expected,
-        Duration::from_secs(90),
-    )
+    let config = ControllerConfig::default();
+    let expected = Uploads::default()
+        .expect("/tmp/x".into(), source.receive_options(ib, &config))
+        .unwrap();
+    let timeout = config.build_timeout(ib.spec.timeout.as_deref()).limit;
+    let pod = reader_pod(ib, &source, settings, &expected, timeout).unwrap();
+    (serde_json::to_value(pod).unwrap(), expected)
+}
+
+fn pod_json() -> (serde_json::Value, String) {
+    let (pod, expected) = reader_pod_json(&hello(), &settings());
+    (pod, expected.token().to_owned())
+}
+
+/// The whole Pod, field by field, as the reader Pod has always been sent to the API server
+/// (captured from the `json!` template it was built from before it became typed structs).
+#[test]
+fn the_reader_pod_is_the_one_the_api_server_has_always_received() {
+    let (pod, expected) = reader_pod_json(&hello(), &settings());
+    let fixture = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": "hello-ctx-",
+            "labels": {
+                "app.kubernetes.io/component": "context-reader",
+                "app.kubernetes.io/managed-by": "imagebuild-controller",
+                "app.kubernetes.io/name": "imagebuild",
+                "imagebuild.dev/imagebuild": "hello",
+                "imagebuild.dev/imagebuild-uid": "6a1f0c55-1d0e-4f7e-9d55-0b4b7a7e2d10"
+            },
+            "namespace": "apps",
+            "ownerReferences": [{
+                "apiVersion": "imagebuild.dev/v1alpha1",
+                "controller": true,
+                "kind": "ImageBuild",
+                "name": "hello",
+                "uid": "6a1f0c55-1d0e-4f7e-9d55-0b4b7a7e2d10"
+            }]
+        },
+        "spec": {
+            "activeDeadlineSeconds": 90,
+            "automountServiceAccountToken": false,
+            "containers": [{
+                "args": [
+                    "send-context", "--dir", "/claim", "--sub-path", "site",
+                    "--to", format!("http://10.244.0.7:8081{}", expected.path())
+                ],
+                "env": [
+                    {"name": "IMAGEBUILD_CONTEXT_TOKEN", "value": expected.token()},
+                    {"name": "RUST_LOG", "value": "warn"}
+                ],
+                "image": "registry.example/imagebuild@sha256:abc",
+                "imagePullPolicy": "IfNotPresent",
+                "name": "send-context",
+                "resources": {
+                    "limits": {"cpu": "500m", "memory": "64Mi"},
+                    "requests": {"cpu": "10m", "memory": "16Mi"}
+                },
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]},
+                    "readOnlyRootFilesystem": true,
+                    "runAsNonRoot": true,
+                    "runAsUser": 65532,
+                    "seccompProfile": {"type": "RuntimeDefault"}
+                },
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "volumeMounts": [{"mountPath": "/claim", "name": "claim", "readOnly": true}]
+            }],
+            "enableServiceLinks": false,
+            "restartPolicy": "Never",
+            "securityContext": {
+                "runAsGroup": 65532,
+                "runAsNonRoot": true,
+                "runAsUser": 65532,
+                "seccompProfile": {"type": "RuntimeDefault"}
+            },
+            "terminationGracePeriodSeconds": 1,
+            "volumes": [{
+                "name": "claim",
+                "persistentVolumeClaim": {"claimName": "src", "readOnly": true}
+            }]
+        }
+    });
+    assert_eq!(pod, fixture, "{pod:#}");
+}
+
+/// The edges of the template, as it has always filled them: a name too long for a label and
+/// cut before a `-.` for generateName, no UID (so no owner), no subPath, a timeout under a
+/// second, an empty pull policy and empty resources.
+#[test]
+fn the_reader_pod_at_the_edges_is_the_one_the_api_server_has_always_received() {
+    let name = format!("{}-.{}", "x".repeat(38), "y".repeat(30));
+    let ib = image_build(&format!(
+        r#"
+apiVersion: imagebuild.dev/v1alpha1
+kind: ImageBuild
+metadata: {{name: {name}, namespace: apps}}
+spec:
+  context: {{persistentVolumeClaim: {{claimName: src}}}}
+  image: gitea.cnoe.localtest.me:8443/giteaadmin/hello
+  timeout: 500ms
+"#
+    ));
+    let settings = ReaderSettings::from_flags(ReaderFlags {
+        context_listen: Some("0.0.0.0:8081".parse().unwrap()),
+        context_url: Some("https://ctx.example/".into()),
+        reader_image: Some("img".into()),
+        pull_policy: String::new(),
+        resources: Some("{}".into()),
+        ..ReaderFlags::default()
+    })
+    .unwrap()
     .unwrap();
-    (
-        serde_json::to_value(pod).unwrap(),
-        expected.token().to_owned(),
-    )
+    let (pod, expected) = reader_pod_json(&ib, &settings);
+    let fixture = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": format!("{}-ctx-", "x".repeat(38)),
+            "labels": {
+                "app.kubernetes.io/component": "context-reader",
+                "app.kubernetes.io/managed-by": "imagebuild-controller",
+                "app.kubernetes.io/name": "imagebuild",
+                "imagebuild.dev/imagebuild-uid": ""
+            },
+            "namespace": "apps",
+            "ownerReferences": []
+        },
+        "spec": {
+            "activeDeadlineSeconds": 1,
+            "automountServiceAccountToken": false,
+            "containers": [{
+                "args": [
+                    "send-context", "--dir", "/claim",
+                    "--to", format!("https://ctx.example{}", expected.path())
+                ],
+                "env": [
+                    {"name": "IMAGEBUILD_CONTEXT_TOKEN", "value": expected.token()},
+                    {"name": "RUST_LOG", "value": "warn"}
+                ],
+                "image": "img",
+                "imagePullPolicy": "",
+                "name": "send-context",
+                "resources": {},
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]},
+                    "readOnlyRootFilesystem": true,
+                    "runAsNonRoot": true,
+                    "runAsUser": 65532,
+                    "seccompProfile": {"type": "RuntimeDefault"}
+                },
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "volumeMounts": [{"mountPath": "/claim", "name": "claim", "readOnly": true}]
+            }],
+            "enableServiceLinks": false,
+            "restartPolicy": "Never",
+            "securityContext": {
+                "runAsGroup": 65532,
+                "runAsNonRoot": true,
+                "runAsUser": 65532,
+                "seccompProfile": {"type": "RuntimeDefault"}
+            },
+            "terminationGracePeriodSeconds": 1,
+            "volumes": [{
+                "name": "claim",
+                "persistentVolumeClaim": {"claimName": "src", "readOnly": true}
+            }]
+        }
+    });
+    assert_eq!(pod, fixture, "{pod:#}");
 }
 
 #[test]
@@ -225,6 +392,19 @@ fn a_failed_reader_reports_its_own_message() {
         failure_message(&deadline),
         "DeadlineExceeded: Pod was active on the node longer than the specified deadline"
     );
+}
+
+#[test]
+fn a_long_failure_message_keeps_its_end() {
+    assert_eq!(last_chars("short", 5), "short");
+    assert_eq!(last_chars("a log\nerror: é", 8), "...error: é");
+    let log = format!("{}\nimagebuild: app/ctl.sock is a socket", "x".repeat(2000));
+    let message = failure_message(&pod(json!({"phase": "Failed", "containerStatuses": [{
+        "name": "send-context", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"terminated": {"exitCode": 1, "message": log}}}]})));
+    assert_eq!(message.chars().count(), 3 + 1024);
+    assert!(message.starts_with("...x"), "{message}");
+    assert!(message.ends_with("imagebuild: app/ctl.sock is a socket"));
 }
 
 #[test]
