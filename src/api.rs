@@ -41,6 +41,7 @@ pub const FINALIZER: &str = "imagebuild.dev/delete-tags";
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.platform) && has(self.platforms))").message("set platform (one image) or platforms (an image index), not both"))]
 pub struct ImageBuildSpec {
     /// Where the files of the image come from: ConfigMaps or one PersistentVolumeClaim, in this
     /// ImageBuild's namespace.
@@ -77,12 +78,23 @@ pub struct ImageBuildSpec {
     #[schemars(length(max = 256), inner(length(min = 1, max = 1024)))]
     pub exclude: Vec<Pattern>,
 
-    /// `os/arch[/variant]` of a scratch image. With a base image its platform is chosen from the
-    /// base's index by this value (default linux/amd64).
+    /// One platform, one plain image manifest: `os/arch[/variant]` of a scratch image, or the
+    /// platform chosen from the base's index (default linux/amd64). Not together with
+    /// `platforms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$')").message("platform must look like linux/amd64 or linux/arm64/v8"))]
     pub platform: Option<String>,
+
+    /// Several platforms, one image index: each `os/arch[/variant]` must be in the base image
+    /// (or, on scratch, is made as given). The context layer is built and uploaded once and
+    /// shared by every child. Omitted with a base image and no `platform`: every platform of
+    /// the base's index (a single-manifest base gives a single manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16), inner(length(max = 64)))]
+    #[x_kube(validation = Rule::new("self.all(p, p.matches('^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$'))").message("each of platforms must look like linux/amd64 or linux/arm64/v8"))]
+    #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q == p))").message("platforms must not repeat a platform"))]
+    pub platforms: Option<Vec<PlatformName>>,
 
     /// OCI image configuration: what runs when a container starts from the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -113,6 +125,8 @@ pub struct ImageBuildSpec {
 
 /// A tag name.
 pub type Tag = String;
+/// `os/arch[/variant]`, e.g. `linux/arm64`.
+pub type PlatformName = String;
 /// A `.dockerignore` pattern.
 pub type Pattern = String;
 
@@ -320,9 +334,12 @@ pub struct ImageBuildStatus {
     /// Hash of the resolved inputs; while it is unchanged nothing is rebuilt or uploaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_digest: Option<String>,
-    /// Digest of the base image manifest used.
+    /// Digest of the base image used: its manifest, or its index when the image is an index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_digest: Option<String>,
+    /// When `digest` names an image index: each child's platform and manifest digest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<PlatformDigest>,
     /// Bytes of config and layers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
@@ -342,6 +359,16 @@ pub struct ImageBuildStatus {
     /// True when TLS verification was skipped for the registry (`registry.insecure`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure: bool,
+}
+
+/// One child of a pushed image index.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PlatformDigest {
+    /// `os/arch[/variant]`.
+    pub platform: String,
+    /// The child's manifest digest.
+    pub digest: String,
 }
 
 impl ImageBuildSpec {

@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::api::ImageBuildSpec;
 use crate::context::{ContextError, ContextItem, ContextOptions, FileTree};
 use crate::failure::{Category, FailureKind};
-use crate::image::{ImageError, ImageSpec};
+use crate::image::{Children, ImageError, ImageSpec, assemble, assemble_index};
 use crate::layer::{Compression, LayerBlob, LayerCache, LayerError, LayerOptions};
 use crate::layout::LayoutError;
-use crate::oci::{BlobLocation, BuiltImage, Digest, InvalidPlatform, Platform};
+use crate::oci::{Base, BaseImage, Blob, BlobLocation, Built, Digest, InvalidPlatform, Platform};
 use crate::reference::{ImageRef, ReferenceError, RepositoryRef};
 pub use crate::registry::{CaBundle, RegistryAccess};
-use crate::registry::{Progress, RegistryClient, RegistryError, canonical_host};
+use crate::registry::{Platforms, Progress, RegistryClient, RegistryError, canonical_host};
 
 /// Where the files come from.
 #[derive(Debug, Clone)]
@@ -51,9 +51,11 @@ pub const UPLOAD_WHILE_BUILDING_FROM: u64 = 32 << 20;
 /// How many compressed segments may wait for the upload (each about `layer::SEGMENT_SIZE`).
 const UPLOAD_QUEUE: usize = 4;
 
-/// A built image, not yet pushed, with the clients that fetched its base.
+/// A built image (or index), not yet pushed, with the clients that fetched its base.
 pub struct Prepared {
-    pub image: BuiltImage,
+    pub image: Built,
+    /// Digest of what `from` resolved to: the base's manifest, or its index for an index.
+    pub base_digest: Option<Digest>,
     base_client: Option<RegistryClient>,
     /// The target's client, when the build already talked to it (its token is reused).
     target_client: Option<RegistryClient>,
@@ -68,6 +70,8 @@ pub struct Pushed {
     pub image_ref: String,
     pub tags: Vec<String>,
     pub base_digest: Option<Digest>,
+    /// For an index: each child's platform and manifest digest.
+    pub platforms: Vec<(Platform, Digest)>,
     pub size: u64,
     /// Blob bytes sent, including those sent while the layer was written.
     pub bytes_uploaded: u64,
@@ -106,16 +110,12 @@ pub async fn build_image(job: &BuildJob) -> Result<Prepared, BuildError> {
     for tag in &spec.tags {
         crate::reference::validate_tag(tag)?;
     }
-    let platform = spec
-        .platform
-        .as_deref()
-        .map(str::parse::<Platform>)
-        .transpose()?;
+    let platforms = wanted_platforms(spec)?;
     let (base, base_client) = match &spec.from {
         Some(from) => {
             let reference = ImageRef::parse(from)?;
             let client = base_access(job, &reference.registry).client()?;
-            let base = crate::registry::fetch_base(&client, &reference, platform.as_ref()).await?;
+            let base = crate::registry::fetch_bases(&client, &reference, &platforms).await?;
             (Some(base), Some(client))
         }
         None => (None, None),
@@ -163,17 +163,60 @@ pub async fn build_image(job: &BuildJob) -> Result<Prepared, BuildError> {
             layer
         }
     };
-    let image = crate::image::assemble(
-        base.as_ref(),
-        &layer,
-        &image_spec(spec, job.source_date_epoch),
-    )?;
+    let image_spec = image_spec(spec, job.source_date_epoch);
+    let image = match (&base, &platforms) {
+        (Some(Base::Image(base)), _) => assemble(Some(base), &layer, &image_spec)?.into(),
+        (Some(Base::Index { index, children }), _) => {
+            let children = Children::Base {
+                index,
+                images: children,
+            };
+            Built::Index(assemble_index(children, &layer, &image_spec)?)
+        }
+        (None, Platforms::These(list)) => Built::Index(assemble_index(
+            Children::Scratch(list),
+            &layer,
+            &image_spec,
+        )?),
+        (None, _) => assemble(None, &layer, &image_spec)?.into(),
+    };
+    let base_digest = base.map(|base| match base {
+        Base::Image(image) => image.manifest_digest,
+        Base::Index { index, .. } => index.digest,
+    });
     Ok(Prepared {
         image,
+        base_digest,
         base_client,
         target_client,
         uploaded_while_building,
     })
+}
+
+/// What `platform` and `platforms` ask of the base image (scratch: `These` makes an index,
+/// anything else one image).
+fn wanted_platforms(spec: &ImageBuildSpec) -> Result<Platforms, BuildError> {
+    let one = spec
+        .platform
+        .as_deref()
+        .map(str::parse::<Platform>)
+        .transpose()?;
+    let listed = spec
+        .platforms
+        .as_ref()
+        .map(|list| {
+            list.iter()
+                .map(|p| p.parse::<Platform>())
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()
+        .map_err(BuildError::Platforms)?;
+    match (one, listed) {
+        (Some(_), Some(_)) => Err(BuildError::PlatformConflict),
+        (None, Some(list)) => Ok(Platforms::These(list)),
+        (Some(one), None) => Ok(Platforms::One(Some(one))),
+        (None, None) => Ok(Platforms::Every),
+    }
 }
 
 /// Writes the layer, uploading it to the target meanwhile when `client` is given and the
@@ -266,7 +309,7 @@ pub async fn push_image(
         .base_client
         .as_ref()
         .filter(|base| base.host() != client.host());
-    let report = crate::registry::push_image(
+    let report = crate::registry::push(
         &client,
         &repository.repository,
         &prepared.image,
@@ -279,11 +322,8 @@ pub async fn push_image(
         image_ref: format!("{}@{}", job.spec.image, report.manifest_digest),
         digest: report.manifest_digest,
         tags: job.spec.tags.clone(),
-        base_digest: prepared
-            .image
-            .base
-            .as_ref()
-            .map(|b| b.manifest_digest.clone()),
+        base_digest: prepared.base_digest.clone(),
+        platforms: prepared.image.platforms(),
         size: prepared.image.size(),
         bytes_uploaded: report.bytes_uploaded + prepared.uploaded_while_building,
         uploaded_while_building: prepared.uploaded_while_building,
@@ -296,12 +336,26 @@ pub async fn fetch_base_layers(
     prepared: &mut Prepared,
     blobs_dir: &Path,
 ) -> Result<(), BuildError> {
-    let (Some(client), Some(base)) = (&prepared.base_client, &prepared.image.base) else {
+    let Some(client) = &prepared.base_client else {
         return Ok(());
     };
-    for layer in prepared
-        .image
-        .layers
+    for image in prepared.image.images_mut() {
+        let Some(base) = image.base.clone() else {
+            continue;
+        };
+        fetch_layers_of(client, &base, &mut image.layers, blobs_dir).await?;
+    }
+    Ok(())
+}
+
+/// Copies the base layers among `layers` into `blobs_dir` (once each) and points them there.
+async fn fetch_layers_of(
+    client: &RegistryClient,
+    base: &BaseImage,
+    layers: &mut [Blob],
+    blobs_dir: &Path,
+) -> Result<(), BuildError> {
+    for layer in layers
         .iter_mut()
         .filter(|l| l.location == BlobLocation::Base)
     {
@@ -406,6 +460,10 @@ pub enum BuildError {
     Reference(#[from] ReferenceError),
     #[error("spec.platform: {0}")]
     Platform(#[from] InvalidPlatform),
+    #[error("spec.platforms: {0}")]
+    Platforms(InvalidPlatform),
+    #[error("set spec.platform (one image) or spec.platforms (an image index), not both")]
+    PlatformConflict,
     #[error(transparent)]
     Layout(#[from] LayoutError),
     #[error("cannot use the scratch directory for the build (--work-dir): {0}")]
@@ -429,7 +487,7 @@ impl BuildError {
             Self::Image(_) => "InvalidImageConfig",
             Self::Registry(e) => e.reason(),
             Self::Reference(_) => "InvalidName",
-            Self::Platform(_) => "InvalidPlatform",
+            Self::Platform(_) | Self::Platforms(_) | Self::PlatformConflict => "InvalidPlatform",
             Self::Layout(_) => "LayoutFailed",
             Self::WorkDir(_) | Self::Internal(_) => "InternalError",
         }
@@ -443,7 +501,11 @@ impl BuildError {
             Self::Context(e) => e.category(),
             // The files changed while they were read: reading them again is the fix.
             Self::Layer(LayerError::FileChanged { .. }) => Category::transient(Other),
-            Self::Image(_) | Self::Reference(_) | Self::Platform(_) => Category::permanent(Input),
+            Self::Image(_)
+            | Self::Reference(_)
+            | Self::Platform(_)
+            | Self::Platforms(_)
+            | Self::PlatformConflict => Category::permanent(Input),
             Self::Layer(_) | Self::Layout(_) => Category::permanent(Other),
             Self::WorkDir(_) | Self::Internal(_) => Category::transient(Other),
         }

@@ -389,8 +389,9 @@ pub async fn build(request: BuildRequest, flags: &RegistryFlags) -> Result<(), F
     if request.push {
         if let Some(layer) = prepared
             .image
-            .layers
-            .last()
+            .images()
+            .first()
+            .and_then(|image| image.layers.last())
             .filter(|l| l.location == BlobLocation::Target)
         {
             eprintln!(
@@ -412,7 +413,7 @@ pub async fn build(request: BuildRequest, flags: &RegistryFlags) -> Result<(), F
         );
         println!("{}", pushed.image_ref);
     } else {
-        println!("{}", prepared.image.manifest_digest);
+        println!("{}", prepared.image.digest());
     }
     Ok(())
 }
@@ -433,7 +434,7 @@ pub async fn push(layout: &str, reference: &str, flags: &RegistryFlags) -> Resul
         .await?
         .client()
         .map_err(BuildError::from)?;
-    let report = crate::registry::push_image(
+    let report = crate::registry::push(
         &client,
         &reference.repository,
         &image,
@@ -486,6 +487,38 @@ pub async fn tag(reference: &str, new_tag: &str, flags: &RegistryFlags) -> Resul
         .await
         .map_err(BuildError::from)?;
     println!("{digest}");
+    Ok(())
+}
+
+/// `imagebuild inspect REF`: the digest and media type REF resolves to, then one line per image
+/// it holds: platform and manifest digest (entries no container runs, such as attestations, are
+/// marked).
+pub async fn inspect(reference: &str, flags: &RegistryFlags) -> Result<(), Failure> {
+    let reference = ImageRef::parse(reference).map_err(BuildError::from)?;
+    let client = flags
+        .access(&reference.registry)
+        .await?
+        .client()
+        .map_err(BuildError::from)?;
+    let inspected = crate::registry::inspect(&client, &reference)
+        .await
+        .map_err(BuildError::from)?;
+    println!(
+        "{}/{}@{} {}",
+        reference.registry, reference.repository, inspected.digest, inspected.media_type
+    );
+    for image in &inspected.images {
+        let platform = image
+            .platform
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), ToString::to_string);
+        let note = if image.runnable {
+            ""
+        } else {
+            " (not runnable)"
+        };
+        println!("{platform} {}{note}", image.digest);
+    }
     Ok(())
 }
 

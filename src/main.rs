@@ -45,6 +45,14 @@ enum Command {
         #[command(flatten)]
         registry: RegistryFlags,
     },
+    /// Show the digest an image reference resolves to and the platform of each image it
+    /// holds (one line each: platform, then manifest digest).
+    Inspect {
+        /// Image, e.g. host/owner/app:latest or host/owner/app@sha256:...
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryFlags,
+    },
     /// Add a tag to an image already in the registry, without uploading anything.
     Tag {
         /// Existing image, e.g. host/owner/app:latest or host/owner/app@sha256:...
@@ -215,6 +223,10 @@ async fn run(command: Command) -> Result<(), cli::Failure> {
             repository,
             registry,
         } => cli::list(&repository, &registry).await,
+        Command::Inspect {
+            reference,
+            registry,
+        } => cli::inspect(&reference, &registry).await,
         Command::Tag {
             reference,
             new_tag,

@@ -98,7 +98,7 @@ fn build(compression: Compression) -> Built {
         ..ImageSpec::default()
     };
     let image = image::assemble(None, &layer, &spec).expect("image");
-    layout::write(&layout_dir, &image, &[TAG.into()]).expect("layout");
+    layout::write(&layout_dir, &image.clone().into(), &[TAG.into()]).expect("layout");
     Built {
         _dir: dir,
         layout: layout_dir,

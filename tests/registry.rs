@@ -141,6 +141,7 @@ fn assemble(layers: Vec<Blob>, diff_ids: &[Digest], base: Option<BaseImage>) -> 
     let layer_descriptors: Vec<Descriptor> = layers.iter().map(|l| l.descriptor.clone()).collect();
     let manifest = manifest_bytes(&config.descriptor, &layer_descriptors);
     BuiltImage {
+        platform: None,
         manifest_digest: Digest::of(&manifest),
         manifest,
         manifest_media_type: oci::MEDIA_TYPE_IMAGE_MANIFEST.to_owned(),

@@ -17,7 +17,7 @@ use super::config::ControllerConfig;
 use super::error::Error;
 use super::inputs::{self, ResolvedContext, ResolvedInputs};
 use super::status::{self, Readiness};
-use crate::api::{DeletionPolicy, FINALIZER, ImageBuild, Phase};
+use crate::api::{DeletionPolicy, FINALIZER, ImageBuild, Phase, PlatformDigest};
 use crate::build::{self, BuildJob, ContextSource};
 use crate::metrics::Metrics;
 
@@ -217,6 +217,14 @@ async fn build(
     done.image_ref = Some(pushed.image_ref.clone());
     done.tags = pushed.tags.clone();
     done.base_digest = pushed.base_digest.as_ref().map(ToString::to_string);
+    done.platforms = pushed
+        .platforms
+        .iter()
+        .map(|(platform, digest)| PlatformDigest {
+            platform: platform.to_string(),
+            digest: digest.to_string(),
+        })
+        .collect();
     done.size = Some(pushed.size);
     status::write(api, ib, &done).await?;
     status::event(&shared.recorder, ib, EventType::Normal, reason, message).await;

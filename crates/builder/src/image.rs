@@ -12,7 +12,10 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use crate::layer::LayerBlob;
-use crate::oci::{self, BaseImage, Blob, BlobLocation, BuiltImage, Descriptor, Digest, Platform};
+use crate::oci::{
+    self, BaseImage, BaseIndex, Blob, BlobLocation, BuiltImage, BuiltIndex, Descriptor, Digest,
+    Platform,
+};
 
 /// What goes into the image config and manifest besides the layer.
 #[derive(Debug, Clone, Default)]
@@ -112,12 +115,110 @@ pub fn assemble(
             })?,
         );
     Ok(BuiltImage {
+        platform: None,
         manifest_digest: Digest::of(&manifest_bytes),
         manifest: manifest_bytes,
         manifest_media_type: oci::MEDIA_TYPE_IMAGE_MANIFEST.to_owned(),
         config: config_blob,
         layers,
         base: base.cloned(),
+    })
+}
+
+/// What the children of an index stand on.
+#[derive(Debug, Clone, Copy)]
+pub enum Children<'a> {
+    /// The chosen platforms of a base image, each with its platform set.
+    Base {
+        index: &'a BaseIndex,
+        images: &'a [BaseImage],
+    },
+    /// Scratch images, one per platform.
+    Scratch(&'a [Platform]),
+}
+
+/// Assembles one image per platform around the same `layer`, and the index that lists them.
+///
+/// Each child is what [`assemble`] makes of its base child (config edited in place, so its
+/// `os`, `architecture` and `variant` stay), and the index copies each child's platform. On a
+/// base, the index keeps the base's media-type family (OCI index or Docker manifest list) and
+/// names the base in the `org.opencontainers.image.base.*` annotations.
+pub fn assemble_index(
+    children: Children<'_>,
+    layer: &LayerBlob,
+    spec: &ImageSpec,
+) -> Result<BuiltIndex, ImageError> {
+    // The platform comes from each base child; `spec.platform` is the single-image field.
+    let child_spec = ImageSpec {
+        platform: None,
+        ..spec.clone()
+    };
+    let (built, media_type, annotations) = match children {
+        Children::Base { index, images } => {
+            let built = images
+                .iter()
+                .map(|base| {
+                    let mut child = assemble(Some(base), layer, &child_spec)?;
+                    child.platform = base.platform.clone();
+                    Ok(child)
+                })
+                .collect::<Result<Vec<_>, ImageError>>()?;
+            let media_type = if index.media_type == oci::MEDIA_TYPE_DOCKER_MANIFEST_LIST {
+                oci::MEDIA_TYPE_DOCKER_MANIFEST_LIST
+            } else {
+                oci::MEDIA_TYPE_IMAGE_INDEX
+            };
+            let annotations = BTreeMap::from([
+                (
+                    oci::ANNOTATION_BASE_DIGEST.to_owned(),
+                    index.digest.to_string(),
+                ),
+                (oci::ANNOTATION_BASE_NAME.to_owned(), index.name.clone()),
+            ]);
+            (built, media_type, annotations)
+        }
+        Children::Scratch(platforms) => {
+            let built = platforms
+                .iter()
+                .map(|platform| {
+                    let spec = ImageSpec {
+                        platform: Some(platform.clone()),
+                        ..child_spec.clone()
+                    };
+                    let mut child = assemble(None, layer, &spec)?;
+                    child.platform = Some(platform.clone());
+                    Ok(child)
+                })
+                .collect::<Result<Vec<_>, ImageError>>()?;
+            (built, oci::MEDIA_TYPE_IMAGE_INDEX, BTreeMap::new())
+        }
+    };
+    let index = oci::Index {
+        schema_version: 2,
+        media_type: Some(media_type.to_owned()),
+        manifests: built
+            .iter()
+            .map(|child| Descriptor {
+                media_type: child.manifest_media_type.clone(),
+                digest: child.manifest_digest.clone(),
+                size: child.manifest.len() as u64,
+                platform: child.platform.clone(),
+                annotations: BTreeMap::new(),
+            })
+            .collect(),
+        annotations,
+    };
+    let bytes = Bytes::from(
+        serde_json::to_vec(&index).map_err(|source| ImageError::Json {
+            what: "index",
+            source,
+        })?,
+    );
+    Ok(BuiltIndex {
+        digest: Digest::of(&bytes),
+        manifest: bytes,
+        media_type: media_type.to_owned(),
+        children: built,
     })
 }
 

@@ -1,6 +1,7 @@
 //! OCI image layouts on disk (`oci-layout`, `index.json`, `blobs/sha256/<hex>`): written by
 //! `imagebuild build --output`, read by `imagebuild push LAYOUT REF`, and judged by skopeo
-//! and umoci in the tests.
+//! and umoci in the tests. An entry of `index.json` names one image manifest, or an image
+//! index whose children (one per platform) are in the same `blobs/`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -10,7 +11,8 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use crate::oci::{
-    self, ANNOTATION_REF_NAME, Blob, BlobLocation, BuiltImage, Descriptor, Digest, Index, Manifest,
+    self, ANNOTATION_REF_NAME, Blob, BlobLocation, Built, BuiltImage, BuiltIndex, Descriptor,
+    Digest, Index, Manifest,
 };
 
 const OCI_LAYOUT_FILE: &str = "oci-layout";
@@ -74,47 +76,95 @@ pub fn blobs_dir(dir: &Path) -> Result<PathBuf, LayoutError> {
     Ok(blobs)
 }
 
-/// Writes `image` into the layout at `dir` under each of `tags` (one untagged entry when
-/// `tags` is empty). Entries of other tags already in `index.json` are kept. Base layers must
-/// already be in the layout (the caller fetches them).
-pub fn write(dir: &Path, image: &BuiltImage, tags: &[String]) -> Result<(), LayoutError> {
+/// Writes `built` (an image, or an index and its children) into the layout at `dir` under
+/// each of `tags` (one untagged entry when `tags` is empty). Entries of other tags already in
+/// `index.json` are kept. Base layers must already be in the layout (the caller fetches them).
+pub fn write(dir: &Path, built: &Built, tags: &[String]) -> Result<(), LayoutError> {
     let blobs = blobs_dir(dir)?;
     write_atomically(&dir.join(OCI_LAYOUT_FILE), OCI_LAYOUT_CONTENT.as_bytes())?;
-    write_blob(&blobs, &image.config, image)?;
-    for layer in &image.layers {
-        write_blob(&blobs, layer, image)?;
+    for image in built.images() {
+        for blob in image.blobs() {
+            write_blob(&blobs, blob, image)?;
+        }
+        write_atomically(&blobs.join(image.manifest_digest.hex()), &image.manifest)?;
     }
-    let manifest_path = blobs.join(image.manifest_digest.hex());
-    write_atomically(&manifest_path, &image.manifest)?;
-    write_index(dir, image, tags)
+    if let Built::Index(index) = built {
+        write_atomically(&blobs.join(index.digest.hex()), &index.manifest)?;
+    }
+    write_index(dir, built, tags)
 }
 
 /// Reads the image tagged `tag` (or the only image, when `tag` is `None`) from the layout at
-/// `dir`. The manifest and config are checked against their digests; layers are referenced by
-/// path and checked by size (the registry checks their digests on upload).
-pub fn read(dir: &Path, tag: Option<&str>) -> Result<BuiltImage, LayoutError> {
+/// `dir`: a single image, or an image index with every child. Manifests, indexes and configs
+/// are checked against their digests; layers are referenced by path and checked by size (the
+/// registry checks their digests on upload).
+pub fn read(dir: &Path, tag: Option<&str>) -> Result<Built, LayoutError> {
     check_layout_file(dir)?;
     let index: Index = read_json(dir, &dir.join(INDEX_FILE), INDEX_FILE)?;
     let descriptor = pick(dir, &index, tag)?;
     let blobs = dir.join("blobs").join("sha256");
-    let manifest_bytes = read_blob(&blobs, &descriptor.digest)?;
+    if !is_index(&descriptor.media_type) {
+        return read_image(dir, &blobs, descriptor).map(Built::Image);
+    }
+    let bytes = read_blob(&blobs, &descriptor.digest)?;
+    let listed: Index = serde_json::from_slice(&bytes).map_err(|source| LayoutError::Json {
+        what: format!("the image index {}", descriptor.digest),
+        dir: dir.to_owned(),
+        source,
+    })?;
+    let children = listed
+        .manifests
+        .iter()
+        .map(|child| {
+            if !is_image_manifest(&child.media_type) {
+                return Err(LayoutError::NotALayout {
+                    dir: dir.to_owned(),
+                    reason: format!(
+                        "the index {} lists {} of type {}; only image manifests can be children",
+                        descriptor.digest, child.digest, child.media_type
+                    ),
+                });
+            }
+            read_image(dir, &blobs, child)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let media_type = listed
+        .media_type
+        .clone()
+        .unwrap_or_else(|| descriptor.media_type.clone());
+    Ok(Built::Index(BuiltIndex {
+        manifest: bytes,
+        digest: descriptor.digest.clone(),
+        media_type,
+        children,
+    }))
+}
+
+/// One image manifest, its config and its layer files.
+fn read_image(
+    dir: &Path,
+    blobs: &Path,
+    descriptor: &Descriptor,
+) -> Result<BuiltImage, LayoutError> {
+    let manifest_bytes = read_blob(blobs, &descriptor.digest)?;
     let manifest: Manifest =
         serde_json::from_slice(&manifest_bytes).map_err(|source| LayoutError::Json {
             what: format!("the manifest {}", descriptor.digest),
             dir: dir.to_owned(),
             source,
         })?;
-    let config_bytes = read_blob(&blobs, &manifest.config.digest)?;
+    let config_bytes = read_blob(blobs, &manifest.config.digest)?;
     let layers = manifest
         .layers
         .iter()
-        .map(|d| layer_file(&blobs, d))
+        .map(|d| layer_file(blobs, d))
         .collect::<Result<_, _>>()?;
     let media_type = manifest
         .media_type
         .clone()
         .unwrap_or_else(|| descriptor.media_type.clone());
     Ok(BuiltImage {
+        platform: descriptor.platform.clone(),
         manifest: manifest_bytes,
         manifest_digest: descriptor.digest.clone(),
         manifest_media_type: media_type,
@@ -125,6 +175,22 @@ pub fn read(dir: &Path, tag: Option<&str>) -> Result<BuiltImage, LayoutError> {
         layers,
         base: None,
     })
+}
+
+fn is_image_manifest(media_type: &str) -> bool {
+    [
+        oci::MEDIA_TYPE_IMAGE_MANIFEST,
+        oci::MEDIA_TYPE_DOCKER_MANIFEST,
+    ]
+    .contains(&media_type)
+}
+
+fn is_index(media_type: &str) -> bool {
+    [
+        oci::MEDIA_TYPE_IMAGE_INDEX,
+        oci::MEDIA_TYPE_DOCKER_MANIFEST_LIST,
+    ]
+    .contains(&media_type)
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LayoutError + 'a {
@@ -176,7 +242,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// index.json: other tags' entries kept in order, then ours in the order given.
-fn write_index(dir: &Path, image: &BuiltImage, tags: &[String]) -> Result<(), LayoutError> {
+fn write_index(dir: &Path, built: &Built, tags: &[String]) -> Result<(), LayoutError> {
     let path = dir.join(INDEX_FILE);
     let mut manifests: Vec<Descriptor> = if path.exists() {
         let existing: Index = read_json(dir, &path, INDEX_FILE)?;
@@ -193,9 +259,9 @@ fn write_index(dir: &Path, image: &BuiltImage, tags: &[String]) -> Result<(), La
         Vec::new()
     };
     let entry = |tag: Option<&String>| Descriptor {
-        media_type: image.manifest_media_type.clone(),
-        digest: image.manifest_digest.clone(),
-        size: image.manifest.len() as u64,
+        media_type: built.media_type().to_owned(),
+        digest: built.digest().clone(),
+        size: built.manifest().len() as u64,
         platform: None,
         annotations: tag
             .map(|t| BTreeMap::from([(ANNOTATION_REF_NAME.to_owned(), t.clone())]))
@@ -290,17 +356,13 @@ fn pick<'a>(
             }
         },
     };
-    let single_platform = [
-        oci::MEDIA_TYPE_IMAGE_MANIFEST,
-        oci::MEDIA_TYPE_DOCKER_MANIFEST,
-    ];
-    if single_platform.contains(&found.media_type.as_str()) {
+    if is_image_manifest(&found.media_type) || is_index(&found.media_type) {
         Ok(found)
     } else {
         Err(LayoutError::NotALayout {
             dir: dir.to_owned(),
             reason: format!(
-                "the entry {} is a {}, not a single-platform image manifest",
+                "the entry {} is a {}, not an image manifest or image index",
                 found.digest, found.media_type
             ),
         })

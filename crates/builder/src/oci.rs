@@ -21,6 +21,12 @@ pub const MEDIA_TYPE_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.roo
 
 /// Annotation that names a tag in an OCI image layout's `index.json`.
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// Index annotation: the digest of the base image the children were built on.
+pub const ANNOTATION_BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
+/// Index annotation: the base image's reference as the spec names it.
+pub const ANNOTATION_BASE_NAME: &str = "org.opencontainers.image.base.name";
+/// Index entry annotation BuildKit puts on attestation manifests (with `unknown/unknown`).
+pub const ANNOTATION_DOCKER_REFERENCE_TYPE: &str = "vnd.docker.reference.type";
 
 /// A content digest, always `sha256:<64 lower-case hex>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -211,6 +217,8 @@ pub struct Index {
 /// A base image as fetched from a registry: what the builder needs to stack a layer on it.
 #[derive(Debug, Clone)]
 pub struct BaseImage {
+    /// The platform its index entry names; `None` for a base that is a single manifest.
+    pub platform: Option<Platform>,
     /// Where it came from, e.g. `gitea.example:8443/owner/base` (no tag); blobs are mounted from here.
     pub repository: String,
     /// Registry host (with port) of `repository`.
@@ -220,6 +228,31 @@ pub struct BaseImage {
     pub manifest: Manifest,
     /// The config exactly as served, parsed with field order preserved.
     pub config: serde_json::Value,
+}
+
+/// The base image's top-level manifest when the build makes an index: what the index's base
+/// annotations name.
+#[derive(Debug, Clone)]
+pub struct BaseIndex {
+    /// Digest of what `from` resolves to (an index, or a single manifest).
+    pub digest: Digest,
+    pub media_type: String,
+    /// `from` as written.
+    pub name: String,
+}
+
+/// What a build stands on.
+// One value per build, moved a few times: boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum Base {
+    /// One image (a single-manifest base, or one platform chosen from an index).
+    Image(BaseImage),
+    /// Several platforms of the base, in order, each with its platform set.
+    Index {
+        index: BaseIndex,
+        children: Vec<BaseImage>,
+    },
 }
 
 /// Where the bytes of one blob of a built image can be read.
@@ -246,6 +279,8 @@ pub struct Blob {
 /// A complete single-platform image ready to be written to a layout or pushed.
 #[derive(Debug, Clone)]
 pub struct BuiltImage {
+    /// The platform it stands for in an index; `None` for an image built alone.
+    pub platform: Option<Platform>,
     /// The manifest exactly as it will be sent; its digest is the image digest.
     pub manifest: bytes::Bytes,
     pub manifest_digest: Digest,
@@ -262,6 +297,104 @@ impl BuiltImage {
     /// Config plus layer bytes: what `status.size` reports.
     pub fn size(&self) -> u64 {
         self.config.descriptor.size + self.layers.iter().map(|l| l.descriptor.size).sum::<u64>()
+    }
+
+    /// Config and layers.
+    pub fn blobs(&self) -> impl Iterator<Item = &Blob> {
+        std::iter::once(&self.config).chain(&self.layers)
+    }
+}
+
+/// An image index for several platforms: each child is a whole image, and the children share
+/// the context layer (one blob, one diffID).
+#[derive(Debug, Clone)]
+pub struct BuiltIndex {
+    /// The index exactly as it will be sent; its digest is the image's digest.
+    pub manifest: bytes::Bytes,
+    pub digest: Digest,
+    pub media_type: String,
+    /// In index order, each with its platform set.
+    pub children: Vec<BuiltImage>,
+}
+
+/// What a build makes: one image, or an index of images for several platforms.
+// One value per build, moved a few times: boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum Built {
+    Image(BuiltImage),
+    Index(BuiltIndex),
+}
+
+impl From<BuiltImage> for Built {
+    fn from(image: BuiltImage) -> Self {
+        Self::Image(image)
+    }
+}
+
+impl Built {
+    /// The digest tags point at: the image's manifest, or the index.
+    pub fn digest(&self) -> &Digest {
+        match self {
+            Self::Image(image) => &image.manifest_digest,
+            Self::Index(index) => &index.digest,
+        }
+    }
+
+    /// The top-level manifest's bytes.
+    pub fn manifest(&self) -> &bytes::Bytes {
+        match self {
+            Self::Image(image) => &image.manifest,
+            Self::Index(index) => &index.manifest,
+        }
+    }
+
+    /// The top-level manifest's media type.
+    pub fn media_type(&self) -> &str {
+        match self {
+            Self::Image(image) => &image.manifest_media_type,
+            Self::Index(index) => &index.media_type,
+        }
+    }
+
+    /// The one image, or the children of the index.
+    pub fn images(&self) -> &[BuiltImage] {
+        match self {
+            Self::Image(image) => std::slice::from_ref(image),
+            Self::Index(index) => &index.children,
+        }
+    }
+
+    /// As [`Built::images`], to change where blobs are read from.
+    pub fn images_mut(&mut self) -> &mut [BuiltImage] {
+        match self {
+            Self::Image(image) => std::slice::from_mut(image),
+            Self::Index(index) => &mut index.children,
+        }
+    }
+
+    /// Bytes of configs and layers, each blob counted once (children share the context
+    /// layer and often base layers).
+    pub fn size(&self) -> u64 {
+        let mut seen = std::collections::HashSet::new();
+        self.images()
+            .iter()
+            .flat_map(BuiltImage::blobs)
+            .filter(|b| seen.insert(&b.descriptor.digest))
+            .map(|b| b.descriptor.size)
+            .sum()
+    }
+
+    /// Each child's platform and manifest digest; empty for a single image.
+    pub fn platforms(&self) -> Vec<(Platform, Digest)> {
+        match self {
+            Self::Image(_) => Vec::new(),
+            Self::Index(index) => index
+                .children
+                .iter()
+                .filter_map(|c| Some((c.platform.clone()?, c.manifest_digest.clone())))
+                .collect(),
+        }
     }
 }
 

@@ -92,13 +92,16 @@ pub enum RegistryError {
 
     /// An index has no manifest for the wanted platform.
     #[error(
-        "`{image}` has no image for platform {wanted}; it has: {}; set `platform` to one of these",
-        if available.is_empty() { "none".to_owned() } else { available.join(", ") }
+        "`{image}` has no image for platform {wanted}; it has: {}; set `{field}` to {}",
+        if available.is_empty() { "none".to_owned() } else { available.join(", ") },
+        if *field == "platform" { "one of these" } else { "some of these" }
     )]
     NoMatchingPlatform {
         image: String,
         wanted: String,
         available: Vec<String>,
+        /// The spec field that asked: `platform` or `platforms`.
+        field: &'static str,
     },
 
     /// The registry refused a manifest (invalid, unsupported kind, unknown blobs).

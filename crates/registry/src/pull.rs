@@ -1,10 +1,213 @@
-//! Fetching what the builder needs of a base image: its platform-specific manifest and config.
+//! Fetching what the builder needs of a base image: its platform-specific manifests and configs,
+//! for one platform or for several.
 
 use super::client::RegistryClient;
 use super::error::RegistryError;
 use super::manifest::FetchedManifest;
-use crate::oci::{self, BaseImage, Index, Manifest, Platform};
+use crate::oci::{self, Base, BaseImage, BaseIndex, Descriptor, Index, Manifest, Platform};
 use crate::reference::ImageRef;
+
+/// Which platforms of a base image a build stands on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Platforms {
+    /// `spec.platform` or nothing: one image (default linux/amd64 from an index); a base that
+    /// is a single manifest gives that manifest.
+    One(Option<Platform>),
+    /// Neither field, on a base that may be an index: every platform it has.
+    Every,
+    /// `spec.platforms`: exactly these, each found in the base.
+    These(Vec<Platform>),
+}
+
+/// Fetches what the build needs of the base `image`: one image for [`Platforms::One`] (or for
+/// [`Platforms::Every`] on a single-manifest base), else each chosen child of its index.
+/// Attestation manifests, `unknown/unknown` entries and nested indexes are never chosen.
+pub async fn fetch_bases(
+    client: &RegistryClient,
+    image: &ImageRef,
+    platforms: &Platforms,
+) -> Result<Base, RegistryError> {
+    let wanted = match platforms {
+        Platforms::One(platform) => {
+            return fetch_base(client, image, platform.as_ref())
+                .await
+                .map(Base::Image);
+        }
+        Platforms::Every => None,
+        Platforms::These(list) => Some(list),
+    };
+    let top = client
+        .get_manifest(&image.repository, &image.reference())
+        .await?;
+    let index = BaseIndex {
+        digest: top.digest.clone(),
+        media_type: top.media_type.clone(),
+        name: image.to_string(),
+    };
+    if !top.is_index() {
+        let single = image_of(client, image, top, None).await?;
+        let Some(wanted) = wanted else {
+            return Ok(Base::Image(single));
+        };
+        let own = platform_of_config(&single.config);
+        let missing = wanted
+            .iter()
+            .find(|w| !own.as_ref().is_some_and(|p| matches(p, w)));
+        if let Some(missing) = missing {
+            return Err(RegistryError::NoMatchingPlatform {
+                image: image.to_string(),
+                wanted: missing.to_string(),
+                available: own.iter().map(Platform::to_string).collect(),
+                field: "platforms",
+            });
+        }
+        let child = BaseImage {
+            platform: own,
+            ..single
+        };
+        return Ok(Base::Index {
+            index,
+            children: vec![child],
+        });
+    }
+    let listed: Index = parse(image, &top, "image index")?;
+    let eligible: Vec<&Descriptor> = listed.manifests.iter().filter(|d| is_runnable(d)).collect();
+    let chosen: Vec<&Descriptor> = match wanted {
+        None => eligible.clone(),
+        Some(list) => list
+            .iter()
+            .map(|w| {
+                eligible
+                    .iter()
+                    .copied()
+                    .find(|d| d.platform.as_ref().is_some_and(|p| matches(p, w)))
+                    .ok_or_else(|| RegistryError::NoMatchingPlatform {
+                        image: image.to_string(),
+                        wanted: w.to_string(),
+                        available: platform_names(&eligible),
+                        field: "platforms",
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    if chosen.is_empty() {
+        return Err(unsupported(
+            image,
+            "its index lists no image for a runnable platform (only attestations or unknown/unknown)",
+        ));
+    }
+    let mut children = Vec::with_capacity(chosen.len());
+    for descriptor in chosen {
+        let fetched = client
+            .get_manifest(&image.repository, descriptor.digest.as_str())
+            .await?;
+        if fetched.is_index() {
+            return Err(unsupported(image, "its index points to another index"));
+        }
+        children.push(image_of(client, image, fetched, descriptor.platform.clone()).await?);
+    }
+    Ok(Base::Index { index, children })
+}
+
+/// What `imagebuild inspect` shows of a pushed image.
+#[derive(Debug, Clone)]
+pub struct Inspected {
+    /// The digest the reference resolves to.
+    pub digest: oci::Digest,
+    pub media_type: String,
+    /// Each image it holds: for an index every entry in order (attestations and other entries
+    /// marked by `runnable: false`), for a single image the image itself with the platform its
+    /// config names.
+    pub images: Vec<InspectedImage>,
+}
+
+/// One image of an [`Inspected`] reference.
+#[derive(Debug, Clone)]
+pub struct InspectedImage {
+    pub platform: Option<Platform>,
+    pub digest: oci::Digest,
+    /// False for attestations, `unknown/unknown` entries and nested indexes.
+    pub runnable: bool,
+}
+
+/// Reads what `image` resolves to and the platforms it offers, without downloading layers.
+pub async fn inspect(
+    client: &RegistryClient,
+    image: &ImageRef,
+) -> Result<Inspected, RegistryError> {
+    let top = client
+        .get_manifest(&image.repository, &image.reference())
+        .await?;
+    let images = if top.is_index() {
+        let listed: Index = parse(image, &top, "image index")?;
+        listed
+            .manifests
+            .iter()
+            .map(|d| InspectedImage {
+                platform: d.platform.clone(),
+                digest: d.digest.clone(),
+                runnable: is_runnable(d),
+            })
+            .collect()
+    } else {
+        let digest = top.digest.clone();
+        let base = image_of(client, image, top.clone(), None).await?;
+        vec![InspectedImage {
+            platform: platform_of_config(&base.config),
+            digest,
+            runnable: true,
+        }]
+    };
+    Ok(Inspected {
+        digest: top.digest,
+        media_type: top.media_type,
+        images,
+    })
+}
+
+/// An index entry a container can run: an image manifest with a real platform, not an
+/// attestation.
+fn is_runnable(descriptor: &Descriptor) -> bool {
+    let image_manifest = [
+        oci::MEDIA_TYPE_IMAGE_MANIFEST,
+        oci::MEDIA_TYPE_DOCKER_MANIFEST,
+    ]
+    .contains(&descriptor.media_type.as_str());
+    let attestation = descriptor
+        .annotations
+        .contains_key(oci::ANNOTATION_DOCKER_REFERENCE_TYPE);
+    let real_platform = descriptor
+        .platform
+        .as_ref()
+        .is_some_and(|p| p.os != "unknown" && p.architecture != "unknown");
+    image_manifest && real_platform && !attestation
+}
+
+fn platform_names(descriptors: &[&Descriptor]) -> Vec<String> {
+    descriptors
+        .iter()
+        .filter_map(|d| d.platform.as_ref())
+        .map(Platform::to_string)
+        .collect()
+}
+
+/// `os`, `architecture` and `variant` of an image config.
+fn platform_of_config(config: &serde_json::Value) -> Option<Platform> {
+    let field = |name: &str| config.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+    Some(Platform {
+        os: field("os")?,
+        architecture: field("architecture")?,
+        variant: field("variant"),
+    })
+}
+
+/// Whether `have` is what `wanted` asks for: a wanted platform without variant matches any
+/// variant (`linux/arm64` matches `linux/arm64/v8`).
+fn matches(have: &Platform, wanted: &Platform) -> bool {
+    have.os == wanted.os
+        && have.architecture == wanted.architecture
+        && (wanted.variant.is_none() || have.variant == wanted.variant)
+}
 
 /// Largest image config we accept (real ones are a few KiB).
 const MAX_CONFIG_SIZE: u64 = 16 * 1024 * 1024;
@@ -33,6 +236,16 @@ pub async fn fetch_base(
     } else {
         top
     };
+    image_of(client, image, fetched, None).await
+}
+
+/// The image of one fetched manifest, with its config read and verified.
+async fn image_of(
+    client: &RegistryClient,
+    image: &ImageRef,
+    fetched: FetchedManifest,
+    platform: Option<Platform>,
+) -> Result<BaseImage, RegistryError> {
     let manifest: Manifest = parse(image, &fetched, "image manifest")?;
     check_image_manifest(image, &fetched, &manifest)?;
     let config_bytes = client
@@ -41,6 +254,7 @@ pub async fn fetch_base(
     let config: serde_json::Value = serde_json::from_slice(&config_bytes)
         .map_err(|e| unsupported(image, &format!("its config is not JSON: {e}")))?;
     Ok(BaseImage {
+        platform,
         repository: image.repository_ref().to_string(),
         registry: image.registry.clone(),
         manifest_digest: fetched.digest,
@@ -56,15 +270,10 @@ fn choose_platform<'a>(
     index: &'a Index,
     wanted: &Platform,
 ) -> Result<&'a oci::Descriptor, RegistryError> {
-    let matches = |p: &Platform| {
-        p.os == wanted.os
-            && p.architecture == wanted.architecture
-            && (wanted.variant.is_none() || p.variant == wanted.variant)
-    };
     index
         .manifests
         .iter()
-        .find(|d| d.platform.as_ref().is_some_and(matches))
+        .find(|d| d.platform.as_ref().is_some_and(|p| matches(p, wanted)))
         .ok_or_else(|| RegistryError::NoMatchingPlatform {
             image: image.to_string(),
             wanted: wanted.to_string(),
@@ -75,6 +284,7 @@ fn choose_platform<'a>(
                 .filter(|p| p.os != "unknown")
                 .map(Platform::to_string)
                 .collect(),
+            field: "platform",
         })
 }
 
@@ -176,5 +386,57 @@ mod tests {
             "`reg.example/o/base:1` has no image for platform linux/s390x; it has: \
              linux/arm64/v8, linux/amd64; set `platform` to one of these"
         );
+    }
+
+    #[test]
+    fn attestations_unknown_platforms_and_nested_indexes_are_never_chosen() {
+        let mut listed = index();
+        listed.manifests.push(
+            serde_json::from_value(serde_json::json!({
+                "mediaType": oci::MEDIA_TYPE_IMAGE_MANIFEST, "size": 1,
+                "digest": format!("sha256:{}", "4".repeat(64)),
+                "platform": {"os": "linux", "architecture": "amd64"},
+                "annotations": {oci::ANNOTATION_DOCKER_REFERENCE_TYPE: "attestation-manifest"}
+            }))
+            .expect("descriptor"),
+        );
+        listed.manifests.push(
+            serde_json::from_value(serde_json::json!({
+                "mediaType": oci::MEDIA_TYPE_IMAGE_INDEX, "size": 1,
+                "digest": format!("sha256:{}", "5".repeat(64)),
+                "platform": {"os": "linux", "architecture": "s390x"}
+            }))
+            .expect("descriptor"),
+        );
+        let runnable: Vec<&Descriptor> =
+            listed.manifests.iter().filter(|d| is_runnable(d)).collect();
+        assert_eq!(platform_names(&runnable), ["linux/arm64/v8", "linux/amd64"]);
+    }
+
+    #[test]
+    fn a_missing_platform_of_platforms_names_that_field() {
+        let err = RegistryError::NoMatchingPlatform {
+            image: "reg.example/o/base:1".into(),
+            wanted: "linux/s390x".into(),
+            available: vec!["linux/amd64".into()],
+            field: "platforms",
+        };
+        assert!(
+            err.to_string()
+                .ends_with("it has: linux/amd64; set `platforms` to some of these"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_platform_of_a_single_manifest_base_is_read_from_its_config() {
+        let config = serde_json::json!({"os": "linux", "architecture": "arm", "variant": "v7"});
+        let platform = platform_of_config(&config).expect("platform");
+        assert_eq!(platform.to_string(), "linux/arm/v7");
+        assert!(matches(&platform, &"linux/arm".parse().expect("platform")));
+        assert!(!matches(
+            &platform,
+            &"linux/arm/v6".parse().expect("platform")
+        ));
     }
 }

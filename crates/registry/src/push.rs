@@ -1,6 +1,10 @@
 //! Pushing a built image: every blob the registry lacks (uploaded, mounted from the base
 //! repository, or copied from the base registry), then the manifest under each tag. The manifest
 //! goes last, so a failure leaves no tag pointing at an incomplete image.
+//!
+//! An index goes up in the order Gitea 1.24 needs: each child's blobs and its manifest by
+//! digest, one child after the other (so the layer they share is uploaded once and found by the
+//! next), then the index under each tag.
 
 use std::sync::Arc;
 
@@ -10,7 +14,7 @@ use super::Progress;
 use super::blob::UploadStart;
 use super::client::RegistryClient;
 use super::error::RegistryError;
-use crate::oci::{BaseImage, Blob, BlobLocation, BuiltImage, Digest};
+use crate::oci::{BaseImage, Blob, BlobLocation, Built, BuiltImage, Digest};
 use crate::reference::validate_tag;
 
 /// Blob transfers running at once: enough to overlap a small config with a large layer, few
@@ -91,11 +95,65 @@ pub async fn push_image(
     Ok(report)
 }
 
+/// Pushes `built` (one image, or an index and its children) to `repository` and tags the top
+/// manifest with each of `tags`.
+pub async fn push(
+    client: &RegistryClient,
+    repository: &str,
+    built: &Built,
+    tags: &[String],
+    base_client: Option<&RegistryClient>,
+    progress: Arc<dyn Progress>,
+) -> Result<PushReport, RegistryError> {
+    let index = match built {
+        Built::Image(image) => {
+            return push_image(client, repository, image, tags, base_client, progress).await;
+        }
+        Built::Index(index) => index,
+    };
+    for tag in tags {
+        validate_tag(tag)?;
+    }
+    let mut report = summarise(index.digest.clone(), &[]);
+    for child in &index.children {
+        let pushed = push_image(
+            client,
+            repository,
+            child,
+            &[],
+            base_client,
+            progress.clone(),
+        )
+        .await?;
+        report.blobs_uploaded += pushed.blobs_uploaded;
+        report.bytes_uploaded += pushed.bytes_uploaded;
+        report.blobs_skipped += pushed.blobs_skipped;
+        report.blobs_mounted += pushed.blobs_mounted;
+        report.blobs_copied += pushed.blobs_copied;
+    }
+    put_everywhere(
+        client,
+        repository,
+        (&index.manifest, &index.media_type, &index.digest),
+        tags,
+    )
+    .await?;
+    tracing::info!(
+        registry = %client.host(),
+        %repository,
+        digest = %index.digest,
+        children = index.children.len(),
+        bytes = report.bytes_uploaded,
+        "pushed image index"
+    );
+    Ok(report)
+}
+
 /// Config and layers, each digest once (identical layers may repeat).
 fn unique_blobs(image: &BuiltImage) -> Vec<&Blob> {
     let mut seen = std::collections::HashSet::new();
-    std::iter::once(&image.config)
-        .chain(&image.layers)
+    image
+        .blobs()
         .filter(|b| seen.insert(b.descriptor.digest.clone()))
         .collect()
 }
@@ -198,7 +256,23 @@ async fn put_manifest_everywhere(
     image: &BuiltImage,
     tags: &[String],
 ) -> Result<Digest, RegistryError> {
-    let digest_reference = [image.manifest_digest.to_string()];
+    let manifest = (
+        &image.manifest,
+        image.manifest_media_type.as_str(),
+        &image.manifest_digest,
+    );
+    put_everywhere(client, repository, manifest, tags).await
+}
+
+/// Puts a manifest (`bytes`, media type, digest) under every tag, or by digest when there are
+/// none, checking the registry's digest against ours.
+async fn put_everywhere(
+    client: &RegistryClient,
+    repository: &str,
+    (bytes, media_type, expected): (&bytes::Bytes, &str, &Digest),
+    tags: &[String],
+) -> Result<Digest, RegistryError> {
+    let digest_reference = [expected.to_string()];
     let references = if tags.is_empty() {
         &digest_reference[..]
     } else {
@@ -206,23 +280,18 @@ async fn put_manifest_everywhere(
     };
     for reference in references {
         let digest = client
-            .put_manifest(
-                repository,
-                reference,
-                image.manifest.clone(),
-                &image.manifest_media_type,
-            )
+            .put_manifest(repository, reference, bytes.clone(), media_type)
             .await?;
-        if digest != image.manifest_digest {
+        if digest != *expected {
             return Err(RegistryError::DigestMismatch {
                 host: client.host().to_owned(),
                 what: format!("manifest of `{repository}` (as built)"),
-                expected: image.manifest_digest.to_string(),
+                expected: expected.to_string(),
                 actual: digest.to_string(),
             });
         }
     }
-    Ok(image.manifest_digest.clone())
+    Ok(expected.clone())
 }
 
 fn summarise(manifest_digest: Digest, outcomes: &[BlobOutcome]) -> PushReport {

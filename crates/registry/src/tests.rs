@@ -825,6 +825,7 @@ fn built_image(dir: &std::path::Path) -> BuiltImage {
     };
     let manifest = Bytes::from(serde_json::to_vec(&manifest).expect("json"));
     BuiltImage {
+        platform: None,
         manifest_digest: Digest::of(&manifest),
         manifest,
         manifest_media_type: oci::MEDIA_TYPE_IMAGE_MANIFEST.to_owned(),

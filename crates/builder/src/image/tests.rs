@@ -53,6 +53,7 @@ fn base() -> BaseImage {
     )
     .expect("json");
     BaseImage {
+        platform: None,
         repository: "registry.example/owner/base".into(),
         registry: "registry.example".into(),
         manifest_digest: Digest::of(b"base manifest"),
@@ -293,4 +294,111 @@ fn an_env_name_with_equals_is_refused() {
         assemble(None, &layer(), &spec),
         Err(ImageError::EnvName(_))
     ));
+}
+
+fn platform(text: &str) -> Platform {
+    text.parse().expect("platform")
+}
+
+/// `base()` as the children of a two-platform base index (OCI or Docker list).
+fn base_index(media_type: &str) -> (BaseIndex, Vec<BaseImage>) {
+    let amd64 = {
+        let mut b = base();
+        b.config["architecture"] = json!("amd64");
+        b.config.as_object_mut().expect("object").remove("variant");
+        b.manifest_digest = Digest::of(b"amd64 manifest");
+        b.platform = Some(platform("linux/amd64"));
+        b
+    };
+    let arm64 = BaseImage {
+        platform: Some(platform("linux/arm64/v8")),
+        ..base()
+    };
+    let index = BaseIndex {
+        digest: Digest::of(b"base index"),
+        media_type: media_type.to_owned(),
+        name: "registry.example/owner/base:1".into(),
+    };
+    (index, vec![amd64, arm64])
+}
+
+fn index_json(built: &BuiltIndex) -> Value {
+    serde_json::from_slice(&built.manifest).expect("index json")
+}
+
+#[test]
+fn an_index_on_a_base_has_one_child_per_base_platform_sharing_our_layer() {
+    let (index, images) = base_index(oci::MEDIA_TYPE_IMAGE_INDEX);
+    let children = Children::Base {
+        index: &index,
+        images: &images,
+    };
+    let built = assemble_index(children, &layer(), &ImageSpec::default()).expect("index");
+    let json = index_json(&built);
+    assert_eq!(json["mediaType"], oci::MEDIA_TYPE_IMAGE_INDEX);
+    assert_eq!(
+        json["annotations"],
+        json!({
+            oci::ANNOTATION_BASE_DIGEST: Digest::of(b"base index").as_str(),
+            oci::ANNOTATION_BASE_NAME: "registry.example/owner/base:1",
+        })
+    );
+    let entries = json["manifests"].as_array().expect("manifests");
+    assert_eq!(entries.len(), 2);
+    for (entry, child) in entries.iter().zip(&built.children) {
+        assert_eq!(entry["digest"], child.manifest_digest.as_str());
+        assert_eq!(entry["size"], child.manifest.len());
+        assert_eq!(entry["mediaType"], oci::MEDIA_TYPE_IMAGE_MANIFEST);
+        let config = config_of(child);
+        assert_eq!(entry["platform"]["architecture"], config["architecture"]);
+        assert_eq!(entry["platform"]["os"], config["os"]);
+        let diff_ids = config["rootfs"]["diff_ids"].as_array().expect("diff_ids");
+        assert_eq!(diff_ids.last(), Some(&json!(layer().diff_id.as_str())));
+        assert_eq!(
+            child.layers.last().map(|l| &l.descriptor),
+            Some(&layer().descriptor)
+        );
+    }
+    assert_eq!(entries[1]["platform"]["variant"], "v8");
+    assert_eq!(config_of(&built.children[1])["variant"], "v8");
+}
+
+#[test]
+fn an_index_on_a_docker_manifest_list_stays_a_docker_manifest_list() {
+    let (index, images) = base_index(oci::MEDIA_TYPE_DOCKER_MANIFEST_LIST);
+    let children = Children::Base {
+        index: &index,
+        images: &images,
+    };
+    let built = assemble_index(children, &layer(), &ImageSpec::default()).expect("index");
+    assert_eq!(built.media_type, oci::MEDIA_TYPE_DOCKER_MANIFEST_LIST);
+    assert_eq!(
+        index_json(&built)["mediaType"],
+        oci::MEDIA_TYPE_DOCKER_MANIFEST_LIST
+    );
+}
+
+#[test]
+fn a_two_platform_scratch_index_has_a_fixed_digest() {
+    // Golden: a change here changes the digest of every multi-platform scratch build.
+    let platforms = [platform("linux/amd64"), platform("linux/arm64")];
+    let spec = ImageSpec {
+        entrypoint: Some(vec!["/app".into()]),
+        ..ImageSpec::default()
+    };
+    let built = assemble_index(Children::Scratch(&platforms), &layer(), &spec).expect("index");
+    let architectures: Vec<Value> = built
+        .children
+        .iter()
+        .map(|c| config_of(c)["architecture"].clone())
+        .collect();
+    assert_eq!(architectures, [json!("amd64"), json!("arm64")]);
+    // The amd64 child is exactly the single-platform scratch image of the same inputs.
+    let single = assemble(None, &layer(), &spec).expect("image");
+    assert_eq!(built.children[0].manifest_digest, single.manifest_digest);
+    assert!(index_json(&built).get("annotations").is_none());
+    assert_eq!(
+        built.digest.as_str(),
+        "sha256:66239ccd3069352859ab961b6bd3d2e755c4da1bb74f45b9f271118db902f15c"
+    );
 }

@@ -26,6 +26,63 @@ fn build_into(dir: &Path) -> BuiltImage {
     image::assemble(None, &layer, &ImageSpec::default()).expect("image")
 }
 
+/// [`super::write`] of a single image.
+fn write(dir: &Path, image: &BuiltImage, tags: &[String]) -> Result<(), LayoutError> {
+    super::write(dir, &Built::Image(image.clone()), tags)
+}
+
+/// [`super::read`] of a layout entry that must be a single image.
+fn read(dir: &Path, tag: Option<&str>) -> Result<BuiltImage, LayoutError> {
+    match super::read(dir, tag)? {
+        Built::Image(image) => Ok(image),
+        Built::Index(index) => panic!("expected one image, read an index {}", index.digest),
+    }
+}
+
+/// A two-platform scratch index whose shared layer is written straight into `dir`'s blobs.
+fn build_index_into(dir: &Path) -> Built {
+    let blobs = blobs_dir(dir).expect("blobs dir");
+    let layer = layer::build_layer(&tree(), &LayerOptions::default(), &blobs).expect("layer");
+    let platforms: Vec<oci::Platform> = ["linux/amd64", "linux/arm64/v8"]
+        .iter()
+        .map(|p| p.parse().expect("platform"))
+        .collect();
+    let children = image::Children::Scratch(&platforms);
+    Built::Index(image::assemble_index(children, &layer, &ImageSpec::default()).expect("index"))
+}
+
+#[test]
+fn an_index_layout_names_the_index_and_reads_back_with_every_child() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let built = build_index_into(dir.path());
+    super::write(dir.path(), &built, &["v1".into()]).expect("write");
+    let entry = &index(dir.path())["manifests"][0];
+    assert_eq!(entry["mediaType"], oci::MEDIA_TYPE_IMAGE_INDEX);
+    assert_eq!(entry["digest"], built.digest().as_str());
+    let blobs = fs::read_dir(dir.path().join("blobs/sha256"))
+        .expect("blobs")
+        .count();
+    assert_eq!(
+        blobs, 6,
+        "one shared layer, two configs, two manifests, the index"
+    );
+
+    let Built::Index(read_back) = super::read(dir.path(), Some("v1")).expect("read") else {
+        panic!("expected an index");
+    };
+    assert_eq!(read_back.digest, *built.digest());
+    let platforms: Vec<String> = read_back
+        .children
+        .iter()
+        .map(|c| c.platform.as_ref().expect("platform").to_string())
+        .collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64/v8"]);
+    assert_eq!(
+        read_back.children[0].layers[0].descriptor, read_back.children[1].layers[0].descriptor,
+        "the children share the context layer"
+    );
+}
+
 fn index(dir: &Path) -> Value {
     serde_json::from_slice(&fs::read(dir.join("index.json")).expect("index")).expect("json")
 }
