@@ -606,3 +606,354 @@ fn from_cluster_reads_the_idpbuilder_secrets_of_the_current_context() {
     );
     assert!(image_ref.starts_with(&image));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Multi-platform images
+
+/// The manifest `reference` serves, as JSON.
+fn served_json(env: &TestEnv, target: &Target, reference: &str) -> serde_json::Value {
+    let creds = format!("{}:{}", target.user, target.password);
+    let raw = env
+        .raw_manifest(&target.ca, &creds, reference)
+        .unwrap_or_else(|| panic!("skopeo cannot read {reference}"));
+    serde_json::from_slice(&raw).expect("manifest json")
+}
+
+/// The config blob of the image manifest `reference` serves (skopeo inspect --config).
+fn served_config(env: &TestEnv, target: &Target, reference: &str, arch: &str) -> serde_json::Value {
+    let certs = env.cert_dir(&target.ca);
+    let out = common::output(env.cmd("skopeo").args([
+        "--override-arch",
+        arch,
+        "inspect",
+        "--config",
+        "--raw",
+        "--cert-dir",
+        &certs.path().to_string_lossy(),
+        "--creds",
+        &format!("{}:{}", target.user, target.password),
+        &format!("docker://{reference}"),
+    ]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("config json")
+}
+
+/// Pulls the `arch` child of `reference` as skopeo chooses it (--override-arch) and unpacks it.
+fn pull_arch(env: &TestEnv, target: &Target, reference: &str, arch: &str) -> tempfile::TempDir {
+    let certs = env.cert_dir(&target.ca);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = dir.path().join("layout");
+    common::run_ok(env.cmd("skopeo").args([
+        "--override-arch",
+        arch,
+        "copy",
+        "--src-cert-dir",
+        &certs.path().to_string_lossy(),
+        "--src-creds",
+        &format!("{}:{}", target.user, target.password),
+        &format!("docker://{reference}"),
+        &format!("oci:{}:pulled", layout.display()),
+    ]));
+    common::run_ok(env.cmd("umoci").args([
+        "unpack",
+        "--rootless",
+        "--image",
+        &format!("{}:pulled", layout.display()),
+        &dir.path().join("bundle").to_string_lossy(),
+    ]));
+    dir
+}
+
+/// PUTs `body` as the manifest `reference` of `repo` (host/owner/name) with curl, the password
+/// on stdin.
+fn put_manifest(target: &Target, repo: &str, reference: &str, media_type: &str, body: &str) {
+    let env = common::env();
+    let (host, path) = repo.split_once('/').expect("host/path");
+    let curl_config = format!(
+        "user = \"{}:{}\"\n",
+        target.user,
+        target.password.replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    let put = common::output_with_stdin(
+        env.cmd("curl")
+            .args(["-sS", "-f", "-K", "-", "--cacert"])
+            .arg(&target.ca)
+            .args([
+                "-X",
+                "PUT",
+                "-H",
+                &format!("Content-Type: {media_type}"),
+                "--data-binary",
+                body,
+                &format!("https://{host}/v2/{path}/manifests/{reference}"),
+            ]),
+        curl_config.as_bytes(),
+    );
+    assert!(
+        put.status.success(),
+        "PUT {repo}:{reference}: {}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+}
+
+/// The platforms of an index as `os/arch[/variant]`, in order.
+fn index_platforms(index: &serde_json::Value) -> Vec<String> {
+    index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .map(|m| {
+            let p = &m["platform"];
+            let mut text = format!(
+                "{}/{}",
+                p["os"].as_str().unwrap_or(""),
+                p["architecture"].as_str().unwrap_or("")
+            );
+            if let Some(variant) = p["variant"].as_str() {
+                text.push('/');
+                text.push_str(variant);
+            }
+            text
+        })
+        .collect()
+}
+
+fn two_platform_scratch_build_is_an_index_every_child_of_which_runs_the_same_files(target: Target) {
+    let env = common::env();
+    let work = tempfile::tempdir().expect("tempdir");
+    let context = work.path().join("ctx");
+    write_context(&context);
+    let image = target.repo(&common::unique_name("multi"));
+    let file = image_build_file(
+        work.path(),
+        &image,
+        "  platforms: [linux/amd64, linux/arm64]\n",
+    );
+    let (image_ref, log) = push_context(&target, &file, &context);
+    let (_, digest) = image_ref.split_once('@').expect("image@digest");
+    assert_eq!(
+        target.served_digest(env, &format!("{image}:latest")),
+        digest
+    );
+
+    let index = served_json(env, &target, &format!("{image}:latest"));
+    assert_eq!(
+        index["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert_eq!(index_platforms(&index), ["linux/amd64", "linux/arm64"]);
+    // Every child is served by digest; they share the context layer, uploaded once.
+    let mut layers = Vec::new();
+    let mut config_bytes = 0;
+    for (entry, arch) in index["manifests"]
+        .as_array()
+        .expect("children")
+        .iter()
+        .zip(["amd64", "arm64"])
+    {
+        let child_digest = entry["digest"].as_str().expect("digest");
+        let child_ref = format!("{image}@{child_digest}");
+        assert_eq!(target.served_digest(env, &child_ref), child_digest);
+        let child = served_json(env, &target, &child_ref);
+        layers.push(child["layers"].clone());
+        config_bytes += child["config"]["size"].as_u64().expect("config size");
+        assert_eq!(
+            served_config(env, &target, &child_ref, arch)["architecture"],
+            arch
+        );
+    }
+    assert_eq!(layers[0], layers[1], "the children share one layer");
+    let layer_size = layers[0][0]["size"].as_u64().expect("layer size");
+    let uploaded: u64 = log
+        .lines()
+        .find(|l| l.contains("bytes uploaded"))
+        .and_then(|l| l.rsplit('(').next())
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("bytes uploaded in: {log}"));
+    assert_eq!(
+        uploaded,
+        layer_size + config_bytes,
+        "the layer went up once, with the two configs"
+    );
+
+    // skopeo picks the arm64 child for an arm64 machine, and it holds the files.
+    let bundle = pull_arch(env, &target, &format!("{image}:latest"), "arm64");
+    let rootfs = bundle.path().join("bundle/rootfs/app");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("site/index.html")).expect("index.html"),
+        std::fs::read_to_string(context.join("site/index.html")).expect("context file")
+    );
+
+    // The same inputs give the same index in a layout, and push LAYOUT pushes it as it is.
+    let layout = work.path().join("layout");
+    assert_eq!(build_layout(&file, &context, &layout), digest);
+    let copy = target.repo(&common::unique_name("multi-copy"));
+    let mut args = vec![
+        "push".to_owned(),
+        format!("{}:v1", layout.display()),
+        format!("{copy}:v1"),
+    ];
+    args.extend(target.flags());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let pushed = stdout_ok(&run(&args, &target.password));
+    assert_eq!(pushed, format!("{copy}@{digest}"));
+
+    // inspect shows both platforms.
+    let mut args = vec!["inspect".to_owned(), format!("{image}:latest")];
+    args.extend(target.flags());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let shown = stdout_ok(&run(&args, &target.password));
+    let lines: Vec<&str> = shown.lines().collect();
+    assert!(
+        lines[0].ends_with("application/vnd.oci.image.index.v1+json"),
+        "{shown}"
+    );
+    assert!(lines[1].starts_with("linux/amd64 sha256:"), "{shown}");
+    assert!(lines[2].starts_with("linux/arm64 sha256:"), "{shown}");
+}
+
+#[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
+fn gitea_serves_a_two_platform_index_and_every_child() {
+    two_platform_scratch_build_is_an_index_every_child_of_which_runs_the_same_files(gitea(
+        common::env(),
+    ));
+}
+
+#[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
+fn distribution_serves_a_two_platform_index_and_every_child() {
+    two_platform_scratch_build_is_an_index_every_child_of_which_runs_the_same_files(distribution(
+        common::env(),
+    ));
+}
+
+/// A base index in `target` as BuildKit pushes one: linux/amd64 and linux/arm64 children, and
+/// an attestation manifest (`unknown/unknown`), listed as `media_type` (OCI index or Docker
+/// manifest list). Returns `repo:1` and the index digest.
+fn base_index(target: &Target, media_type: &str) -> (String, String) {
+    let env = common::env();
+    let work = tempfile::tempdir().expect("tempdir");
+    let repo = target.repo(&common::unique_name("base-multi"));
+    let mut entries = Vec::new();
+    for (tag, platform) in [
+        ("amd64", "linux/amd64"),
+        ("arm64", "linux/arm64"),
+        ("att", "linux/amd64"),
+    ] {
+        let context = work.path().join(tag);
+        std::fs::create_dir_all(context.join("etc")).expect("dir");
+        std::fs::write(context.join("etc/arch"), tag).expect("file");
+        let file = work.path().join(format!("{tag}.yaml"));
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: imagebuild.dev/v1alpha1\nkind: ImageBuild\nmetadata: {{name: base}}\nspec:\n  context: {{persistentVolumeClaim: {{claimName: unused}}}}\n  image: {repo}\n  tags: [{tag}]\n  platform: {platform}\n  config: {{env: [{{name: BASE_ARCH, value: {tag}}}]}}\n"
+            ),
+        )
+        .expect("spec");
+        let (pushed, _) = push_context(target, &file, &context);
+        let digest = pushed.split_once('@').expect("digest").1.to_owned();
+        let raw = env
+            .raw_manifest(
+                &target.ca,
+                &format!("{}:{}", target.user, target.password),
+                &pushed,
+            )
+            .expect("child manifest");
+        let (os, arch) = platform.split_once('/').expect("os/arch");
+        let mut entry = serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest,
+            "size": raw.len(),
+            "platform": {"os": os, "architecture": arch},
+        });
+        if tag == "att" {
+            entry["platform"] = serde_json::json!({"os": "unknown", "architecture": "unknown"});
+            entry["annotations"] = serde_json::json!({
+                "vnd.docker.reference.type": "attestation-manifest",
+                "vnd.docker.reference.digest": entries.first().map(|e: &serde_json::Value| e["digest"].clone()),
+            });
+        }
+        entries.push(entry);
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "manifests": entries,
+    })
+    .to_string();
+    put_manifest(target, &repo, "1", media_type, &index);
+    let digest = imagebuild::oci::Digest::of(index.as_bytes()).to_string();
+    (format!("{repo}:1"), digest)
+}
+
+fn an_image_on_a_base_index_has_every_platform_of_it_and_no_attestation(media_type: &str) {
+    let env = common::env();
+    let target = gitea(env);
+    let (base, base_digest) = base_index(&target, media_type);
+    let work = tempfile::tempdir().expect("tempdir");
+    let context = work.path().join("ctx");
+    write_context(&context);
+    let image = target.repo(&common::unique_name("on-multi"));
+    let file = image_build_file(work.path(), &image, &format!("  from: {base}\n"));
+    let (image_ref, _) = push_context(&target, &file, &context);
+    let (_, digest) = image_ref.split_once('@').expect("image@digest");
+
+    let index = served_json(env, &target, &format!("{image}@{digest}"));
+    assert_eq!(index["mediaType"], media_type);
+    assert_eq!(
+        index_platforms(&index),
+        ["linux/amd64", "linux/arm64"],
+        "{index:#}"
+    );
+    assert_eq!(
+        index["annotations"]["org.opencontainers.image.base.digest"],
+        base_digest.as_str()
+    );
+    assert_eq!(
+        index["annotations"]["org.opencontainers.image.base.name"],
+        base.as_str()
+    );
+    for arch in ["amd64", "arm64"] {
+        let config = served_config(env, &target, &format!("{image}@{digest}"), arch);
+        assert_eq!(config["architecture"], arch);
+        let env_vars = config["config"]["Env"].to_string();
+        assert!(
+            env_vars.contains(&format!("BASE_ARCH={arch}")),
+            "{env_vars}"
+        );
+        assert!(env_vars.contains("MODE=test"), "{env_vars}");
+        let bundle = pull_arch(env, &target, &format!("{image}@{digest}"), arch);
+        let rootfs = bundle.path().join("bundle/rootfs");
+        assert_eq!(
+            std::fs::read_to_string(rootfs.join("etc/arch")).expect("base file"),
+            arch
+        );
+        assert!(
+            rootfs.join("app/site/index.html").exists(),
+            "our files on {arch}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
+fn an_image_on_an_oci_base_index_has_every_platform_of_it_and_no_attestation() {
+    an_image_on_a_base_index_has_every_platform_of_it_and_no_attestation(
+        "application/vnd.oci.image.index.v1+json",
+    );
+}
+
+#[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
+fn an_image_on_a_docker_manifest_list_is_a_docker_manifest_list() {
+    an_image_on_a_base_index_has_every_platform_of_it_and_no_attestation(
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    );
+}
