@@ -540,3 +540,85 @@ fn creating_a_missing_configmap_triggers_the_build() {
     });
     assert_eq!(ctl::ready(&ib).map(|r| r.0).as_deref(), Some("True"));
 }
+
+#[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
+fn a_two_platform_build_reports_the_index_and_its_children_as_the_cli_builds_them() {
+    let env = common::env();
+    drop(start());
+    let ns = ctl::namespace("e2e-platforms");
+    let image = env.gitea_image(&common::unique_name("multi"));
+    let manifests = site_manifests(
+        &ns,
+        "multi",
+        &image,
+        "<h1>everywhere</h1>",
+        "  platforms: [linux/amd64, linux/arm64]",
+    );
+    env.kubectl_apply(&manifests);
+    let ib = ctl::wait_settled(&ns, "multi", SETTLE);
+    let (ready, reason, message) = ctl::ready(&ib).expect("Ready condition");
+    assert_eq!(ready, "True", "{reason}: {message}");
+    let digest = ib["status"]["digest"].as_str().expect("status.digest");
+    assert_eq!(
+        ctl::registry_digest(env, &image, "latest").as_deref(),
+        Some(digest)
+    );
+
+    // status.platforms lists the index's children, in its order.
+    let raw = env
+        .raw_manifest(
+            &env.gitea_ca,
+            &env.gitea_creds(),
+            &format!("{image}@{digest}"),
+        )
+        .expect("index");
+    let index: serde_json::Value = serde_json::from_slice(&raw).expect("index json");
+    let children: Vec<(String, String)> = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .map(|m| {
+            (
+                format!(
+                    "{}/{}",
+                    m["platform"]["os"].as_str().unwrap_or(""),
+                    m["platform"]["architecture"].as_str().unwrap_or("")
+                ),
+                m["digest"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let reported: Vec<(String, String)> = ib["status"]["platforms"]
+        .as_array()
+        .expect("status.platforms")
+        .iter()
+        .map(|p| {
+            (
+                p["platform"].as_str().unwrap_or("").to_owned(),
+                p["digest"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(reported, children);
+    assert_eq!(children[0].0, "linux/amd64");
+    assert_eq!(children[1].0, "linux/arm64");
+
+    // kubectl get still shows one short digest: the index's.
+    let row = env.kubectl(&["get", "ib", "multi", "-n", &ns, "--no-headers"]);
+    assert!(row.contains(&digest[7..19]), "{row}");
+
+    // The command line builds the same inputs into the same index.
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = work.path().join("multi.yaml");
+    std::fs::write(&file, &manifests).expect("file");
+    let local = common::run_ok(
+        std::process::Command::new(env!("CARGO_BIN_EXE_imagebuild"))
+            .env_remove("SOURCE_DATE_EPOCH")
+            .args(["build", "-f"])
+            .arg(&file)
+            .arg("--output")
+            .arg(work.path().join("oci")),
+    );
+    assert_eq!(local.trim(), digest);
+}
