@@ -429,11 +429,7 @@ pub async fn push(layout: &str, reference: &str, flags: &RegistryFlags) -> Resul
     } else {
         tags
     };
-    let client = flags
-        .access(&reference.registry)
-        .await?
-        .client()
-        .map_err(BuildError::from)?;
+    let client = client_for(flags, &reference.registry).await?;
     let report = crate::registry::push(
         &client,
         &reference.repository,
@@ -456,14 +452,22 @@ pub async fn push(layout: &str, reference: &str, flags: &RegistryFlags) -> Resul
     Ok(())
 }
 
+/// A client for `host` with the access the flags give it.
+async fn client_for(
+    flags: &RegistryFlags,
+    host: &str,
+) -> Result<crate::registry::RegistryClient, Failure> {
+    Ok(flags
+        .access(host)
+        .await?
+        .client()
+        .map_err(BuildError::from)?)
+}
+
 /// `imagebuild list REPO`: one tag a line.
 pub async fn list(repository: &str, flags: &RegistryFlags) -> Result<(), Failure> {
     let repository = RepositoryRef::parse(repository).map_err(BuildError::from)?;
-    let client = flags
-        .access(&repository.registry)
-        .await?
-        .client()
-        .map_err(BuildError::from)?;
+    let client = client_for(flags, &repository.registry).await?;
     let tags = client
         .list_tags(&repository.repository)
         .await
@@ -477,11 +481,7 @@ pub async fn list(repository: &str, flags: &RegistryFlags) -> Result<(), Failure
 /// `imagebuild tag REF NEWTAG`: the same manifest under another tag; prints its digest.
 pub async fn tag(reference: &str, new_tag: &str, flags: &RegistryFlags) -> Result<(), Failure> {
     let reference = ImageRef::parse(reference).map_err(BuildError::from)?;
-    let client = flags
-        .access(&reference.registry)
-        .await?
-        .client()
-        .map_err(BuildError::from)?;
+    let client = client_for(flags, &reference.registry).await?;
     let digest = client
         .tag(&reference.repository, &reference.reference(), new_tag)
         .await
@@ -495,11 +495,7 @@ pub async fn tag(reference: &str, new_tag: &str, flags: &RegistryFlags) -> Resul
 /// marked).
 pub async fn inspect(reference: &str, flags: &RegistryFlags) -> Result<(), Failure> {
     let reference = ImageRef::parse(reference).map_err(BuildError::from)?;
-    let client = flags
-        .access(&reference.registry)
-        .await?
-        .client()
-        .map_err(BuildError::from)?;
+    let client = client_for(flags, &reference.registry).await?;
     let inspected = crate::registry::inspect(&client, &reference)
         .await
         .map_err(BuildError::from)?;

@@ -186,28 +186,13 @@ fn arm_only_base() -> &'static str {
                 "platform": {"os": "linux", "architecture": "arm64"},
             }],
         });
-        let (host, path) = repo.split_once('/').expect("host/path");
-        // The password goes to curl on stdin (a config file), never on its command line.
-        let curl_config = format!(
-            "user = \"{}\"\n",
-            env.gitea_creds().replace('\\', "\\\\").replace('"', "\\\"")
+        env.put_manifest(
+            (&env.gitea_ca, &env.gitea_creds()),
+            &repo,
+            "1",
+            "application/vnd.oci.image.index.v1+json",
+            &index.to_string(),
         );
-        let put = common::output_with_stdin(
-            env.cmd("curl")
-                .args(["-sS", "-f", "-K", "-", "--cacert"])
-                .arg(&env.gitea_ca)
-                .args([
-                    "-X",
-                    "PUT",
-                    "-H",
-                    "Content-Type: application/vnd.oci.image.index.v1+json",
-                    "--data-binary",
-                    &index.to_string(),
-                    &format!("https://{host}/v2/{path}/manifests/1"),
-                ]),
-            curl_config.as_bytes(),
-        );
-        assert!(put.status.success(), "PUT index: {}", String::from_utf8_lossy(&put.stderr));
         format!("{repo}:1")
     })
 }

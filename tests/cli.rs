@@ -644,60 +644,14 @@ fn served_config(env: &TestEnv, target: &Target, reference: &str, arch: &str) ->
 
 /// Pulls the `arch` child of `reference` as skopeo chooses it (--override-arch) and unpacks it.
 fn pull_arch(env: &TestEnv, target: &Target, reference: &str, arch: &str) -> tempfile::TempDir {
-    let certs = env.cert_dir(&target.ca);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let layout = dir.path().join("layout");
-    common::run_ok(env.cmd("skopeo").args([
-        "--override-arch",
-        arch,
-        "copy",
-        "--src-cert-dir",
-        &certs.path().to_string_lossy(),
-        "--src-creds",
-        &format!("{}:{}", target.user, target.password),
-        &format!("docker://{reference}"),
-        &format!("oci:{}:pulled", layout.display()),
-    ]));
-    common::run_ok(env.cmd("umoci").args([
-        "unpack",
-        "--rootless",
-        "--image",
-        &format!("{}:pulled", layout.display()),
-        &dir.path().join("bundle").to_string_lossy(),
-    ]));
-    dir
+    let creds = format!("{}:{}", target.user, target.password);
+    env.pull_and_unpack_arch(&target.ca, &creds, reference, Some(arch))
 }
 
-/// PUTs `body` as the manifest `reference` of `repo` (host/owner/name) with curl, the password
-/// on stdin.
+/// PUTs `body` as the manifest `reference` of `repo` (host/owner/name).
 fn put_manifest(target: &Target, repo: &str, reference: &str, media_type: &str, body: &str) {
-    let env = common::env();
-    let (host, path) = repo.split_once('/').expect("host/path");
-    let curl_config = format!(
-        "user = \"{}:{}\"\n",
-        target.user,
-        target.password.replace('\\', "\\\\").replace('"', "\\\"")
-    );
-    let put = common::output_with_stdin(
-        env.cmd("curl")
-            .args(["-sS", "-f", "-K", "-", "--cacert"])
-            .arg(&target.ca)
-            .args([
-                "-X",
-                "PUT",
-                "-H",
-                &format!("Content-Type: {media_type}"),
-                "--data-binary",
-                body,
-                &format!("https://{host}/v2/{path}/manifests/{reference}"),
-            ]),
-        curl_config.as_bytes(),
-    );
-    assert!(
-        put.status.success(),
-        "PUT {repo}:{reference}: {}",
-        String::from_utf8_lossy(&put.stderr)
-    );
+    let creds = format!("{}:{}", target.user, target.password);
+    common::env().put_manifest((&target.ca, &creds), repo, reference, media_type, body);
 }
 
 /// The platforms of an index as `os/arch[/variant]`, in order.

@@ -209,10 +209,26 @@ impl TestEnv {
     /// Pulls `reference` with skopeo (trusting `ca`, logging in as `creds` = `user:password`)
     /// and unpacks it with umoci; returns the directory whose `bundle/rootfs` holds the files.
     pub fn pull_and_unpack(&self, ca: &Path, creds: &str, reference: &str) -> tempfile::TempDir {
+        self.pull_and_unpack_arch(ca, creds, reference, None)
+    }
+
+    /// [`TestEnv::pull_and_unpack`] of the child of an index skopeo picks for a machine of
+    /// `arch` (`--override-arch`), or for this machine.
+    pub fn pull_and_unpack_arch(
+        &self,
+        ca: &Path,
+        creds: &str,
+        reference: &str,
+        arch: Option<&str>,
+    ) -> tempfile::TempDir {
         let certs = self.cert_dir(ca);
         let dir = tempfile::tempdir().expect("tempdir");
         let layout = dir.path().join("layout");
-        run_ok(self.cmd("skopeo").args([
+        let mut skopeo = self.cmd("skopeo");
+        if let Some(arch) = arch {
+            skopeo.args(["--override-arch", arch]);
+        }
+        run_ok(skopeo.args([
             "copy",
             "--src-cert-dir",
             &certs.path().to_string_lossy(),
@@ -229,6 +245,46 @@ impl TestEnv {
             &dir.path().join("bundle").to_string_lossy(),
         ]));
         dir
+    }
+}
+
+impl TestEnv {
+    /// PUTs `body` as the manifest `reference` of `repo` (`host/owner/name`) with curl, trusting
+    /// `ca`, logging in as `creds` = `user:password` (given to curl on stdin, never on its
+    /// command line). For what imagebuild does not make itself, such as a base index.
+    pub fn put_manifest(
+        &self,
+        (ca, creds): (&Path, &str),
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &str,
+    ) {
+        let (host, path) = repo.split_once('/').expect("host/path");
+        let curl_config = format!(
+            "user = \"{}\"\n",
+            creds.replace('\\', "\\\\").replace('"', "\\\"")
+        );
+        let put = output_with_stdin(
+            self.cmd("curl")
+                .args(["-sS", "-f", "-K", "-", "--cacert"])
+                .arg(ca)
+                .args([
+                    "-X",
+                    "PUT",
+                    "-H",
+                    &format!("Content-Type: {media_type}"),
+                    "--data-binary",
+                    body,
+                    &format!("https://{host}/v2/{path}/manifests/{reference}"),
+                ]),
+            curl_config.as_bytes(),
+        );
+        assert!(
+            put.status.success(),
+            "PUT {repo}:{reference}: {}",
+            String::from_utf8_lossy(&put.stderr)
+        );
     }
 }
 
