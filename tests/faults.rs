@@ -5,6 +5,10 @@
 //! the registry is down in the middle of uploads, and when the controller is SIGKILLed again and
 //! again in the middle of builds (then each generation also gets exactly one final status write).
 //!
+//! Every fourth build of the random-failure scenario is a two-platform build (an image index of
+//! linux/amd64 and linux/arm64 children sharing one layer): it ends with the clean build's index
+//! digest too, and Gitea serves that index with both children, every blob of each intact.
+//!
 //! `IMAGEBUILD_FAULT_BUILDS` sets the number of builds of the random-failure scenario (default
 //! 20; the soak in the README runs 50).
 
@@ -19,9 +23,11 @@ use std::time::{Duration, Instant};
 
 use controller_support as ctl;
 use fault_proxy::{CertSpec, Fault, FaultProxy, Plan};
+use imagebuild::oci::Digest;
 use robustness::Controller;
 use robustness::builds::{Build, apply, assert_all_ready_with_clean_digests};
 use robustness::status_log::{StatusLog, assert_one_final_write_per_generation};
+use serde_json::Value;
 
 /// The proxy and the one controller of this binary (scenarios take turns: controllers of one
 /// cluster all reconcile every ImageBuild).
@@ -66,6 +72,127 @@ fn builds_requested() -> u64 {
         .unwrap_or(20)
 }
 
+const PLATFORMS: [&str; 2] = ["linux/amd64", "linux/arm64"];
+
+/// Build `i` of the random-failure scenario: every fourth (1, 5, 9, ...) asks for two platforms.
+fn random_build(i: u64) -> Build {
+    let mut build = Build::new("random", i);
+    if i % 4 == 1 {
+        build.extra_spec = format!("  platforms: [{}]\n", PLATFORMS.join(", "));
+    }
+    build
+}
+
+fn is_two_platform(build: &Build) -> bool {
+    build.extra_spec.contains("platforms:")
+}
+
+/// `reference`'s manifest as Gitea serves it (no proxy in the way), checked against `digest`.
+fn served_manifest(reference: &str, digest: &str) -> Value {
+    let env = common::env();
+    let raw = env
+        .raw_manifest(&env.gitea_ca, &env.gitea_creds(), reference)
+        .unwrap_or_else(|| panic!("Gitea does not serve {reference}"));
+    assert_eq!(Digest::of(&raw).to_string(), digest, "{reference}: digest");
+    serde_json::from_slice(&raw).expect("manifest json")
+}
+
+/// The config blob of the image manifest `reference` (image@digest) as Gitea serves it.
+fn served_config(reference: &str) -> Value {
+    let env = common::env();
+    let certs = env.cert_dir(&env.gitea_ca);
+    let out = common::run_ok(env.cmd("skopeo").args([
+        "inspect",
+        "--config",
+        "--raw",
+        "--cert-dir",
+        &certs.path().to_string_lossy(),
+        "--creds",
+        &env.gitea_creds(),
+        &format!("docker://{reference}"),
+    ]));
+    serde_json::from_str(&out).expect("config json")
+}
+
+/// For two-platform builds already checked Ready with the clean index digest under both tags:
+/// Gitea serves that digest as an OCI image index of linux/amd64 then linux/arm64,
+/// status.platforms lists the same children, Gitea serves each child by its digest with its
+/// architecture in its config, the children share one layer, and every blob of each child
+/// arrives intact (skopeo verifies digests as it copies) and holds the build's files.
+fn assert_served_as_two_platform_indexes(ns: &str, builds: &[&Build]) {
+    for build in builds {
+        let ib = ctl::get_ib(ns, &build.name);
+        let digest = ib["status"]["digest"].as_str().expect("status.digest");
+        let index = served_manifest(&format!("{}@{digest}", build.image), digest);
+        assert_eq!(
+            index["mediaType"], "application/vnd.oci.image.index.v1+json",
+            "{}: not an index: {index:#}",
+            build.name
+        );
+        let children: Vec<(String, String)> = index["manifests"]
+            .as_array()
+            .expect("manifests")
+            .iter()
+            .map(|m| {
+                (
+                    format!(
+                        "{}/{}",
+                        m["platform"]["os"].as_str().unwrap_or(""),
+                        m["platform"]["architecture"].as_str().unwrap_or("")
+                    ),
+                    m["digest"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        let platforms: Vec<&str> = children.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(platforms, PLATFORMS, "{}: {index:#}", build.name);
+        let reported: Vec<(String, String)> = ib["status"]["platforms"]
+            .as_array()
+            .expect("status.platforms")
+            .iter()
+            .map(|p| {
+                (
+                    p["platform"].as_str().unwrap_or("").to_owned(),
+                    p["digest"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(reported, children, "{}: status.platforms", build.name);
+        let mut layers = Vec::new();
+        for (platform, child_digest) in &children {
+            let child_ref = format!("{}@{child_digest}", build.image);
+            let child = served_manifest(&child_ref, child_digest);
+            assert_eq!(
+                child["mediaType"], "application/vnd.oci.image.manifest.v1+json",
+                "{}: {platform} child",
+                build.name
+            );
+            let arch = platform.split_once('/').expect("os/arch").1;
+            assert_eq!(
+                served_config(&child_ref)["architecture"],
+                arch,
+                "{}: {platform} child's config",
+                build.name
+            );
+            layers.push(child["layers"].clone());
+            let bundle = ctl::pull_and_unpack(common::env(), &child_ref);
+            for (name, content) in &build.files {
+                let path = bundle.path().join("bundle/rootfs").join(name);
+                assert!(
+                    std::fs::read(&path).ok().as_ref() == Some(content),
+                    "{}: {platform} child: {name} is not the build's file",
+                    build.name
+                );
+            }
+        }
+        assert_eq!(
+            layers[0], layers[1],
+            "{}: the children share one layer",
+            build.name
+        );
+    }
+}
+
 #[test]
 #[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn random_registry_failures_at_20_percent_lose_nothing() {
@@ -73,7 +200,8 @@ fn random_registry_failures_at_20_percent_lose_nothing() {
     let started = Instant::now();
     let ns = controller_support::namespace("faults-random");
     let n = builds_requested();
-    let builds: Vec<Build> = (0..n).map(|i| Build::new("random", i)).collect();
+    let builds: Vec<Build> = (0..n).map(random_build).collect();
+    let two_platform: Vec<&Build> = builds.iter().filter(|b| is_two_platform(b)).collect();
     let before = rig.proxy.stats.injected();
     rig.proxy.set_plan(|p| {
         p.rate = 0.2;
@@ -82,15 +210,18 @@ fn random_registry_failures_at_20_percent_lose_nothing() {
     });
     let manifests: String = builds.iter().map(|b| b.manifests(&ns)).collect();
     apply(&manifests);
+    // The clean digest of a two-platform build is the index digest of the CLI's layout.
     let attempts = assert_all_ready_with_clean_digests(&ns, &builds);
     rig.proxy.set_plan(|p| p.rate = 0.0);
+    assert_served_as_two_platform_indexes(&ns, &two_platform);
     let after = rig.proxy.stats.injected();
     let injected: BTreeMap<&String, u64> = after
         .iter()
         .map(|(k, v)| (k, v - before.get(k).copied().unwrap_or(0)))
         .collect();
     eprintln!(
-        "{n} builds Ready under 20% faults in {:?}; injected {injected:?}; attempts {attempts:?}; {} requests",
+        "{n} builds ({} of them two-platform indexes) Ready under 20% faults in {:?}; injected {injected:?}; attempts {attempts:?}; {} requests",
+        two_platform.len(),
         started.elapsed(),
         rig.proxy
             .stats
@@ -98,6 +229,10 @@ fn random_registry_failures_at_20_percent_lose_nothing() {
             .load(std::sync::atomic::Ordering::Relaxed)
     );
     assert!(injected.values().sum::<u64>() > 0, "no fault was injected");
+    assert!(
+        n < 2 || !two_platform.is_empty(),
+        "no two-platform build among {n}"
+    );
     assert!(rig.controller.healthy());
 }
 
