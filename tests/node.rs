@@ -7,14 +7,22 @@
 mod cluster;
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use cluster::{Namespace, Node, RESTRICTED_CONTAINER, RESTRICTED_POD, node};
+use common::TestEnv;
+use serde_json::{Value, json};
 
 /// A Pod (restartPolicy Never) running `script` with busybox's sh.
 fn busybox_pod(node: &Node, name: &str, script: &str, volumes: &str, mounts: &str) -> String {
+    pod_with_image(name, node.busybox(), script, volumes, mounts)
+}
+
+/// A Pod (restartPolicy Never) running `script` with the `sh` of `image`.
+fn pod_with_image(name: &str, image: &str, script: &str, volumes: &str, mounts: &str) -> String {
     format!(
         r#"
 apiVersion: v1
@@ -32,8 +40,7 @@ spec:
     resources: {{limits: {{cpu: 200m, memory: 64Mi}}}}
     volumeMounts: {mounts}
   volumes: {volumes}
-"#,
-        image = node.busybox(),
+"#
     )
 }
 
@@ -486,4 +493,318 @@ spec:
     );
     let hairpin = ns.kubectl(&["exec", "web", "--", "sh", "-c", &fetch]);
     assert_eq!(hairpin, "served-through-the-service\n");
+}
+
+// ---------------------------------------------------------------------------
+// Multi-platform images
+
+/// The media type of the indexes these tests make.
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// The containerd namespace the tests pull into with ctr (the kubelet's is `k8s.io`).
+const CTR_NAMESPACE: &str = "imagebuild-test";
+
+/// A build context `work/NAME` holding one file, `file` = `text`.
+fn one_file_context(work: &Path, name: &str, file: &str, text: &str) -> PathBuf {
+    let dir = work.join(name);
+    std::fs::create_dir_all(&dir).expect("context dir");
+    std::fs::write(dir.join(file), text).expect("context file");
+    dir
+}
+
+/// `imagebuild build -f FILE --context CONTEXT --push` to Gitea (trusting its certificate, the
+/// password on stdin), FILE being an ImageBuild of `image:tag` that puts the context in /srv,
+/// with the spec lines `extra`. Returns what the command prints: `image@digest`.
+fn push_build(
+    env: &TestEnv,
+    work: &Path,
+    image: &str,
+    tag: &str,
+    extra: &str,
+    context: &Path,
+) -> String {
+    let file = work.join(format!("{tag}.yaml"));
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: imagebuild.dev/v1alpha1\nkind: ImageBuild\nmetadata: {{name: node}}\nspec:\n  context: {{persistentVolumeClaim: {{claimName: unused}}}}\n  image: {image}\n  tags: [{tag}]\n  destinationPath: /srv\n{extra}"
+        ),
+    )
+    .expect("ImageBuild file");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imagebuild"));
+    // The tests' own record of pushed layers, not the user's.
+    cmd.env("IMAGEBUILD_CACHE_DIR", work.join("layer-cache"))
+        .args(["build", "-f"])
+        .arg(&file)
+        .arg("--context")
+        .arg(context)
+        .args(["--push", "--ca-file"])
+        .arg(&env.gitea_ca)
+        .args(["--username", &env.gitea_user, "--password-stdin"]);
+    let out = common::output_with_stdin(&mut cmd, env.gitea_password.as_bytes());
+    assert!(
+        out.status.success(),
+        "imagebuild build --push {image}:{tag} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The index entry of the pushed manifest `repo@digest` for `platform` (`os/arch`), its size
+/// from the bytes Gitea serves.
+fn index_entry(env: &TestEnv, pushed: &str, platform: &str) -> Value {
+    let raw = env
+        .raw_manifest(&env.gitea_ca, &env.gitea_creds(), pushed)
+        .unwrap_or_else(|| panic!("skopeo cannot read {pushed}"));
+    let (_, digest) = pushed.split_once('@').expect("image@digest");
+    assert_eq!(imagebuild::oci::Digest::of(&raw).to_string(), digest);
+    let (os, arch) = platform.split_once('/').expect("os/arch");
+    json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": digest,
+        "size": raw.len(),
+        "platform": {"os": os, "architecture": arch},
+    })
+}
+
+/// PUTs `index` as the manifest `repo:tag` (repo = host/owner/name) in Gitea with curl, the
+/// credentials in a curl config on stdin. Returns the index digest.
+fn put_index(env: &TestEnv, repo: &str, tag: &str, index: &Value) -> String {
+    let body = index.to_string();
+    let (host, path) = repo.split_once('/').expect("host/path");
+    let curl_config = format!(
+        "user = \"{}:{}\"\n",
+        env.gitea_user,
+        env.gitea_password
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+    );
+    let put = common::output_with_stdin(
+        env.cmd("curl")
+            .args(["-sS", "-f", "-K", "-", "--cacert"])
+            .arg(&env.gitea_ca)
+            .args([
+                "-X",
+                "PUT",
+                "-H",
+                &format!("Content-Type: {OCI_INDEX}"),
+                "--data-binary",
+                &body,
+                &format!("https://{host}/v2/{path}/manifests/{tag}"),
+            ]),
+        curl_config.as_bytes(),
+    );
+    assert!(
+        put.status.success(),
+        "PUT {repo}:{tag}: {}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    imagebuild::oci::Digest::of(body.as_bytes()).to_string()
+}
+
+/// A base index in a fresh Gitea repository R, returned as `R:1`: a linux/amd64 child built on
+/// the node's busybox (tag amd64) and a linux/arm64 child on scratch (tag arm64), each holding
+/// /srv/arch.
+fn base_index(node: &Node, work: &Path) -> String {
+    let env = node.env;
+    let repo = env.gitea_image(&common::unique_name("node-base"));
+    let children = [
+        (
+            "amd64",
+            format!("  from: {}\n  platform: linux/amd64\n", node.busybox()),
+        ),
+        ("arm64", "  platform: linux/arm64\n".to_owned()),
+    ];
+    let manifests: Vec<Value> = children
+        .iter()
+        .map(|(arch, extra)| {
+            let context = one_file_context(work, arch, "arch", arch);
+            let pushed = push_build(env, work, &repo, arch, extra, &context);
+            index_entry(env, &pushed, &format!("linux/{arch}"))
+        })
+        .collect();
+    put_index(
+        env,
+        &repo,
+        "1",
+        &json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}),
+    );
+    format!("{repo}:1")
+}
+
+/// The platforms of an index as `os/arch`, in order.
+fn index_platforms(index: &Value) -> Vec<String> {
+    index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .map(|m| {
+            let p = &m["platform"];
+            format!(
+                "{}/{}",
+                p["os"].as_str().unwrap_or(""),
+                p["architecture"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+/// ctr against the node's containerd in [`CTR_NAMESPACE`]. Dropping it removes the images it
+/// pulled (`--sync`: their content and snapshots go too) and the namespace, pass or fail.
+struct Ctr {
+    env: &'static TestEnv,
+    socket: String,
+    pulled: Vec<String>,
+}
+
+impl Ctr {
+    fn new(node: &'static Node) -> Ctr {
+        Ctr {
+            env: node.env,
+            socket: node.var("IMAGEBUILD_TEST_CONTAINERD_SOCKET").to_owned(),
+            pulled: Vec::new(),
+        }
+    }
+
+    /// `ctr --address SOCKET -n NAMESPACE ARGS`, for at most three minutes.
+    fn output(&self, args: &[&str]) -> Output {
+        common::output(
+            self.env
+                .cmd("timeout")
+                .args(["180", "ctr", "--address", &self.socket, "-n", CTR_NAMESPACE])
+                .args(args),
+        )
+    }
+
+    /// Runs ctr with `args`; fails the test unless it succeeds, with `secret` blanked out of
+    /// the command and of what ctr printed. Returns stdout.
+    fn run(&self, args: &[&str], secret: &str) -> Vec<u8> {
+        let out = self.output(args);
+        if !out.status.success() {
+            let hide = |text: &str| {
+                if secret.is_empty() {
+                    text.to_owned()
+                } else {
+                    text.replace(secret, "***")
+                }
+            };
+            panic!(
+                "ctr {} failed ({}):\n{}{}",
+                hide(&args.join(" ")),
+                out.status,
+                hide(&String::from_utf8_lossy(&out.stdout)),
+                hide(&String::from_utf8_lossy(&out.stderr))
+            );
+        }
+        out.stdout
+    }
+
+    /// Pulls the `platform` child of `reference` from Gitea (its certificate as the only root).
+    /// ctr reads a password only from `--user user:password` or from a terminal, so the
+    /// throw-away test Gitea's password goes on the command line; it is never printed.
+    fn pull_from_gitea(&mut self, reference: &str, platform: &str) {
+        let env = self.env;
+        let ca = env.gitea_ca.to_string_lossy();
+        let user = env.gitea_creds();
+        self.pulled.push(reference.to_owned());
+        self.run(
+            &[
+                "images",
+                "pull",
+                "--platform",
+                platform,
+                "--tlscacert",
+                &ca,
+                "--user",
+                &user,
+                reference,
+            ],
+            &env.gitea_password,
+        );
+    }
+
+    /// The blob `digest` of containerd's content store, as JSON.
+    fn content_json(&self, digest: &str) -> Value {
+        let raw = self.run(&["content", "get", digest], "");
+        assert_eq!(
+            imagebuild::oci::Digest::of(&raw).to_string(),
+            digest,
+            "content store bytes"
+        );
+        serde_json::from_slice(&raw).unwrap_or_else(|e| panic!("{digest} is not JSON: {e}"))
+    }
+}
+
+impl Drop for Ctr {
+    fn drop(&mut self) {
+        for reference in &self.pulled {
+            let out = self.output(&["images", "rm", "--sync", reference]);
+            if !out.status.success() {
+                eprintln!(
+                    "ctr images rm {reference}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        // Only an empty namespace goes; one still in use elsewhere stays.
+        let _ = self.output(&["namespaces", "rm", CTR_NAMESPACE]);
+    }
+}
+
+/// An image the CLI builds on a base index (no platform fields) is an index too, and the node
+/// runs it: containerd picks its linux/amd64 child for the Pod (busybox's sh runs `cat`), the
+/// Pod's imageID names the index, and ctr pulls the linux/arm64 child whose config says arm64.
+#[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
+fn an_image_on_a_base_index_runs_its_amd64_child_and_ctr_pulls_its_arm64_child() {
+    let node = node();
+    let env = node.env;
+    let work = tempfile::tempdir().expect("tempdir");
+    let base = base_index(node, work.path());
+
+    let hello = "hello from every platform\n";
+    let context = one_file_context(work.path(), "app", "hello.txt", hello);
+    let name = common::unique_name("node-multi");
+    let image = env.gitea_image(&name);
+    // The CRI names a container's image by its config digest and reports as imageID the first
+    // repo digest containerd has for that config: a config of an earlier run (same inputs, same
+    // config) would report that run's repository. A config of this run's own keeps it ours.
+    let image_ref = push_build(
+        env,
+        work.path(),
+        &image,
+        "latest",
+        &format!("  from: {base}\n  config: {{env: [{{name: TEST_RUN, value: {name}}}]}}\n"),
+        &context,
+    );
+    let (repo, digest) = image_ref.split_once('@').expect("image@digest");
+    assert_eq!(repo, image);
+
+    let ns = Namespace::restricted("node-multi");
+    ns.apply(&pod_with_image(
+        "hello",
+        &image_ref,
+        "cat /srv/hello.txt",
+        "[]",
+        "[]",
+    ));
+    assert_eq!(ns.pod_succeeds("hello", POD_TIMEOUT), hello);
+    let image_id = ns.jsonpath("pod/hello", "{.status.containerStatuses[0].imageID}");
+    assert_eq!(image_id, image_ref, "the Pod's imageID names the index");
+
+    let mut ctr = Ctr::new(node);
+    ctr.pull_from_gitea(&image_ref, "linux/arm64");
+    let index = ctr.content_json(digest);
+    assert_eq!(index["mediaType"], OCI_INDEX);
+    assert_eq!(index_platforms(&index), ["linux/amd64", "linux/arm64"]);
+    let arm64 = index["manifests"][1]["digest"]
+        .as_str()
+        .expect("arm64 digest");
+    let manifest = ctr.content_json(arm64);
+    let config_digest = manifest["config"]["digest"]
+        .as_str()
+        .expect("config digest");
+    let config = ctr.content_json(config_digest);
+    assert_eq!(config["architecture"], "arm64", "{config}");
+    assert_eq!(config["os"], "linux", "{config}");
 }
