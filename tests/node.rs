@@ -571,34 +571,8 @@ fn index_entry(env: &TestEnv, pushed: &str, platform: &str) -> Value {
 /// credentials in a curl config on stdin. Returns the index digest.
 fn put_index(env: &TestEnv, repo: &str, tag: &str, index: &Value) -> String {
     let body = index.to_string();
-    let (host, path) = repo.split_once('/').expect("host/path");
-    let curl_config = format!(
-        "user = \"{}:{}\"\n",
-        env.gitea_user,
-        env.gitea_password
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-    );
-    let put = common::output_with_stdin(
-        env.cmd("curl")
-            .args(["-sS", "-f", "-K", "-", "--cacert"])
-            .arg(&env.gitea_ca)
-            .args([
-                "-X",
-                "PUT",
-                "-H",
-                &format!("Content-Type: {OCI_INDEX}"),
-                "--data-binary",
-                &body,
-                &format!("https://{host}/v2/{path}/manifests/{tag}"),
-            ]),
-        curl_config.as_bytes(),
-    );
-    assert!(
-        put.status.success(),
-        "PUT {repo}:{tag}: {}",
-        String::from_utf8_lossy(&put.stderr)
-    );
+    let gitea = (env.gitea_ca.as_path(), env.gitea_creds());
+    env.put_manifest((gitea.0, &gitea.1), repo, tag, OCI_INDEX, &body);
     imagebuild::oci::Digest::of(body.as_bytes()).to_string()
 }
 
