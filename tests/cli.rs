@@ -654,28 +654,6 @@ fn put_manifest(target: &Target, repo: &str, reference: &str, media_type: &str, 
     common::env().put_manifest((&target.ca, &creds), repo, reference, media_type, body);
 }
 
-/// The platforms of an index as `os/arch[/variant]`, in order.
-fn index_platforms(index: &serde_json::Value) -> Vec<String> {
-    index["manifests"]
-        .as_array()
-        .expect("manifests")
-        .iter()
-        .map(|m| {
-            let p = &m["platform"];
-            let mut text = format!(
-                "{}/{}",
-                p["os"].as_str().unwrap_or(""),
-                p["architecture"].as_str().unwrap_or("")
-            );
-            if let Some(variant) = p["variant"].as_str() {
-                text.push('/');
-                text.push_str(variant);
-            }
-            text
-        })
-        .collect()
-}
-
 fn two_platform_scratch_build_is_an_index_every_child_of_which_runs_the_same_files(target: Target) {
     let env = common::env();
     let work = tempfile::tempdir().expect("tempdir");
@@ -699,7 +677,10 @@ fn two_platform_scratch_build_is_an_index_every_child_of_which_runs_the_same_fil
         index["mediaType"],
         "application/vnd.oci.image.index.v1+json"
     );
-    assert_eq!(index_platforms(&index), ["linux/amd64", "linux/arm64"]);
+    assert_eq!(
+        common::index_platforms(&index),
+        ["linux/amd64", "linux/arm64"]
+    );
     // Every child is served by digest; they share the context layer, uploaded once.
     let mut layers = Vec::new();
     let mut config_bytes = 0;
@@ -862,7 +843,7 @@ fn an_image_on_a_base_index_has_every_platform_of_it_and_no_attestation(media_ty
     let index = served_json(env, &target, &format!("{image}@{digest}"));
     assert_eq!(index["mediaType"], media_type);
     assert_eq!(
-        index_platforms(&index),
+        common::index_platforms(&index),
         ["linux/amd64", "linux/arm64"],
         "{index:#}"
     );

@@ -574,21 +574,7 @@ fn a_two_platform_build_reports_the_index_and_its_children_as_the_cli_builds_the
         )
         .expect("index");
     let index: serde_json::Value = serde_json::from_slice(&raw).expect("index json");
-    let children: Vec<(String, String)> = index["manifests"]
-        .as_array()
-        .expect("manifests")
-        .iter()
-        .map(|m| {
-            (
-                format!(
-                    "{}/{}",
-                    m["platform"]["os"].as_str().unwrap_or(""),
-                    m["platform"]["architecture"].as_str().unwrap_or("")
-                ),
-                m["digest"].as_str().unwrap_or("").to_owned(),
-            )
-        })
-        .collect();
+    let children = common::index_children(&index);
     let reported: Vec<(String, String)> = ib["status"]["platforms"]
         .as_array()
         .expect("status.platforms")

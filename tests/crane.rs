@@ -135,23 +135,7 @@ fn push_build(env: &TestEnv, work: &Path, image: &str, extra: &str, context: &Pa
         ),
     )
     .expect("ImageBuild file");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imagebuild"));
-    // The tests' own record of pushed layers, not the user's.
-    cmd.env("IMAGEBUILD_CACHE_DIR", work.join("layer-cache"))
-        .args(["build", "-f"])
-        .arg(&file)
-        .arg("--context")
-        .arg(context)
-        .args(["--push", "--ca-file"])
-        .arg(&env.gitea_ca)
-        .args(["--username", &env.gitea_user, "--password-stdin"]);
-    let out = common::output_with_stdin(&mut cmd, env.gitea_password.as_bytes());
-    assert!(
-        out.status.success(),
-        "imagebuild build --push {image} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    env.push_build_to_gitea(&file, context)
 }
 
 #[test]

@@ -129,21 +129,7 @@ fn assert_served_as_two_platform_indexes(ns: &str, builds: &[&Build]) {
             "{}: not an index: {index:#}",
             build.name
         );
-        let children: Vec<(String, String)> = index["manifests"]
-            .as_array()
-            .expect("manifests")
-            .iter()
-            .map(|m| {
-                (
-                    format!(
-                        "{}/{}",
-                        m["platform"]["os"].as_str().unwrap_or(""),
-                        m["platform"]["architecture"].as_str().unwrap_or("")
-                    ),
-                    m["digest"].as_str().unwrap_or("").to_owned(),
-                )
-            })
-            .collect();
+        let children = common::index_children(&index);
         let platforms: Vec<&str> = children.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(platforms, PLATFORMS, "{}: {index:#}", build.name);
         let reported: Vec<(String, String)> = ib["status"]["platforms"]

@@ -8,7 +8,7 @@ mod cluster;
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -531,23 +531,7 @@ fn push_build(
         ),
     )
     .expect("ImageBuild file");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imagebuild"));
-    // The tests' own record of pushed layers, not the user's.
-    cmd.env("IMAGEBUILD_CACHE_DIR", work.join("layer-cache"))
-        .args(["build", "-f"])
-        .arg(&file)
-        .arg("--context")
-        .arg(context)
-        .args(["--push", "--ca-file"])
-        .arg(&env.gitea_ca)
-        .args(["--username", &env.gitea_user, "--password-stdin"]);
-    let out = common::output_with_stdin(&mut cmd, env.gitea_password.as_bytes());
-    assert!(
-        out.status.success(),
-        "imagebuild build --push {image}:{tag} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    env.push_build_to_gitea(&file, context)
 }
 
 /// The index entry of the pushed manifest `repo@digest` for `platform` (`os/arch`), its size
@@ -604,23 +588,6 @@ fn base_index(node: &Node, work: &Path) -> String {
         &json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}),
     );
     format!("{repo}:1")
-}
-
-/// The platforms of an index as `os/arch`, in order.
-fn index_platforms(index: &Value) -> Vec<String> {
-    index["manifests"]
-        .as_array()
-        .expect("manifests")
-        .iter()
-        .map(|m| {
-            let p = &m["platform"];
-            format!(
-                "{}/{}",
-                p["os"].as_str().unwrap_or(""),
-                p["architecture"].as_str().unwrap_or("")
-            )
-        })
-        .collect()
 }
 
 /// ctr against the node's containerd in [`CTR_NAMESPACE`]. Dropping it removes the images it
@@ -770,7 +737,10 @@ fn an_image_on_a_base_index_runs_its_amd64_child_and_ctr_pulls_its_arm64_child()
     ctr.pull_from_gitea(&image_ref, "linux/arm64");
     let index = ctr.content_json(digest);
     assert_eq!(index["mediaType"], OCI_INDEX);
-    assert_eq!(index_platforms(&index), ["linux/amd64", "linux/arm64"]);
+    assert_eq!(
+        common::index_platforms(&index),
+        ["linux/amd64", "linux/arm64"]
+    );
     let arm64 = index["manifests"][1]["digest"]
         .as_str()
         .expect("arm64 digest");

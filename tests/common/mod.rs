@@ -288,6 +288,60 @@ impl TestEnv {
     }
 }
 
+/// Each child of an image index as (`os/arch[/variant]`, manifest digest), in index order.
+pub fn index_children(index: &serde_json::Value) -> Vec<(String, String)> {
+    index["manifests"]
+        .as_array()
+        .expect("an index has manifests")
+        .iter()
+        .map(|m| {
+            let p = &m["platform"];
+            let mut platform = format!(
+                "{}/{}",
+                p["os"].as_str().unwrap_or(""),
+                p["architecture"].as_str().unwrap_or("")
+            );
+            if let Some(variant) = p["variant"].as_str() {
+                platform.push('/');
+                platform.push_str(variant);
+            }
+            (platform, m["digest"].as_str().unwrap_or("").to_owned())
+        })
+        .collect()
+}
+
+/// The platforms of an image index, in order.
+pub fn index_platforms(index: &serde_json::Value) -> Vec<String> {
+    index_children(index).into_iter().map(|(p, _)| p).collect()
+}
+
+impl TestEnv {
+    /// `imagebuild build -f FILE --context CONTEXT --push` to the test Gitea (its certificate,
+    /// the password on stdin, a layer record in FILE's directory rather than the user's).
+    /// Returns what it prints: `image@digest`.
+    pub fn push_build_to_gitea(&self, file: &Path, context: &Path) -> String {
+        let records = file.parent().unwrap_or(Path::new(".")).join("layer-cache");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_imagebuild"));
+        cmd.env("IMAGEBUILD_CACHE_DIR", records)
+            .env_remove("SOURCE_DATE_EPOCH")
+            .args(["build", "-f"])
+            .arg(file)
+            .arg("--context")
+            .arg(context)
+            .args(["--push", "--ca-file"])
+            .arg(&self.gitea_ca)
+            .args(["--username", &self.gitea_user, "--password-stdin"]);
+        let out = output_with_stdin(&mut cmd, self.gitea_password.as_bytes());
+        assert!(
+            out.status.success(),
+            "imagebuild build -f {} --push failed: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
 /// The variables a shell has after sourcing `files` in order (PATH, KUBECONFIG and the
 /// `IMAGEBUILD_` ones).
 pub fn source_vars(files: &[&Path]) -> Result<BTreeMap<String, String>, String> {
