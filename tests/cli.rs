@@ -619,27 +619,10 @@ fn served_json(env: &TestEnv, target: &Target, reference: &str) -> serde_json::V
     serde_json::from_slice(&raw).expect("manifest json")
 }
 
-/// The config blob of the image manifest `reference` serves (skopeo inspect --config).
+/// The config of the `arch` child of `reference`, as skopeo picks it.
 fn served_config(env: &TestEnv, target: &Target, reference: &str, arch: &str) -> serde_json::Value {
-    let certs = env.cert_dir(&target.ca);
-    let out = common::output(env.cmd("skopeo").args([
-        "--override-arch",
-        arch,
-        "inspect",
-        "--config",
-        "--raw",
-        "--cert-dir",
-        &certs.path().to_string_lossy(),
-        "--creds",
-        &format!("{}:{}", target.user, target.password),
-        &format!("docker://{reference}"),
-    ]));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("config json")
+    let creds = format!("{}:{}", target.user, target.password);
+    env.served_config((&target.ca, &creds), reference, Some(arch))
 }
 
 /// Pulls the `arch` child of `reference` as skopeo chooses it (--override-arch) and unpacks it.

@@ -575,17 +575,7 @@ fn a_two_platform_build_reports_the_index_and_its_children_as_the_cli_builds_the
         .expect("index");
     let index: serde_json::Value = serde_json::from_slice(&raw).expect("index json");
     let children = common::index_children(&index);
-    let reported: Vec<(String, String)> = ib["status"]["platforms"]
-        .as_array()
-        .expect("status.platforms")
-        .iter()
-        .map(|p| {
-            (
-                p["platform"].as_str().unwrap_or("").to_owned(),
-                p["digest"].as_str().unwrap_or("").to_owned(),
-            )
-        })
-        .collect();
+    let reported = common::status_platforms(&ib);
     assert_eq!(reported, children);
     assert_eq!(children[0].0, "linux/amd64");
     assert_eq!(children[1].0, "linux/arm64");

@@ -100,18 +100,7 @@ fn served_manifest(reference: &str, digest: &str) -> Value {
 /// The config blob of the image manifest `reference` (image@digest) as Gitea serves it.
 fn served_config(reference: &str) -> Value {
     let env = common::env();
-    let certs = env.cert_dir(&env.gitea_ca);
-    let out = common::run_ok(env.cmd("skopeo").args([
-        "inspect",
-        "--config",
-        "--raw",
-        "--cert-dir",
-        &certs.path().to_string_lossy(),
-        "--creds",
-        &env.gitea_creds(),
-        &format!("docker://{reference}"),
-    ]));
-    serde_json::from_str(&out).expect("config json")
+    env.served_config((&env.gitea_ca, &env.gitea_creds()), reference, None)
 }
 
 /// For two-platform builds already checked Ready with the clean index digest under both tags:
@@ -132,17 +121,7 @@ fn assert_served_as_two_platform_indexes(ns: &str, builds: &[&Build]) {
         let children = common::index_children(&index);
         let platforms: Vec<&str> = children.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(platforms, PLATFORMS, "{}: {index:#}", build.name);
-        let reported: Vec<(String, String)> = ib["status"]["platforms"]
-            .as_array()
-            .expect("status.platforms")
-            .iter()
-            .map(|p| {
-                (
-                    p["platform"].as_str().unwrap_or("").to_owned(),
-                    p["digest"].as_str().unwrap_or("").to_owned(),
-                )
-            })
-            .collect();
+        let reported = common::status_platforms(&ib);
         assert_eq!(reported, children, "{}: status.platforms", build.name);
         let mut layers = Vec::new();
         for (platform, child_digest) in &children {

@@ -206,6 +206,32 @@ impl TestEnv {
         out.status.success().then_some(out.stdout)
     }
 
+    /// The config blob of the image `reference` serves (`skopeo inspect --config`, trusting
+    /// `ca`, logging in as `creds`); of an index, the child skopeo picks for `arch`.
+    pub fn served_config(
+        &self,
+        (ca, creds): (&Path, &str),
+        reference: &str,
+        arch: Option<&str>,
+    ) -> serde_json::Value {
+        let certs = self.cert_dir(ca);
+        let mut skopeo = self.cmd("skopeo");
+        if let Some(arch) = arch {
+            skopeo.args(["--override-arch", arch]);
+        }
+        let out = run_ok(skopeo.args([
+            "inspect",
+            "--config",
+            "--raw",
+            "--cert-dir",
+            &certs.path().to_string_lossy(),
+            "--creds",
+            creds,
+            &format!("docker://{reference}"),
+        ]));
+        serde_json::from_str(&out).expect("config json")
+    }
+
     /// Pulls `reference` with skopeo (trusting `ca`, logging in as `creds` = `user:password`)
     /// and unpacks it with umoci; returns the directory whose `bundle/rootfs` holds the files.
     pub fn pull_and_unpack(&self, ca: &Path, creds: &str, reference: &str) -> tempfile::TempDir {
@@ -306,6 +332,21 @@ pub fn index_children(index: &serde_json::Value) -> Vec<(String, String)> {
                 platform.push_str(variant);
             }
             (platform, m["digest"].as_str().unwrap_or("").to_owned())
+        })
+        .collect()
+}
+
+/// `status.platforms` of an ImageBuild as (platform, digest) pairs.
+pub fn status_platforms(ib: &serde_json::Value) -> Vec<(String, String)> {
+    ib["status"]["platforms"]
+        .as_array()
+        .expect("status.platforms")
+        .iter()
+        .map(|p| {
+            (
+                p["platform"].as_str().unwrap_or("").to_owned(),
+                p["digest"].as_str().unwrap_or("").to_owned(),
+            )
         })
         .collect()
 }
