@@ -9,10 +9,17 @@
 #   controller  kubectl apply of a ConfigMap + ImageBuild to Ready=True, N times in a row, then
 #               M ImageBuilds at once; controller peak RSS (VmHWM)
 #   profile     per-stage timers of our layer builder on the ~500 MB context, plus upload time
+#   platforms   cold push of the ~500 MB context as one platform and as a two-platform index
+#               (linux/amd64 + linux/arm64 children sharing the layer), runs alternating, on
+#               the same two-platform base index; the ratio of the two, and the same pairs on a
+#               one-file context (the second platform's fixed cost)
 #
 #   benches/run.sh                                  # everything, tables on stdout
 #   BENCH_SECTIONS="push warm" benches/run.sh       # some sections only
 #   BENCH_RUNS=3 benches/run.sh                     # cold runs per tool (fastest kept, default 2)
+#   BENCH_PLATFORM_RUNS=5 benches/run.sh            # runs of each kind in platforms (default 10)
+#   BENCH_REQUIRE_ENV=1 benches/run.sh              # fail if the test environment is not up
+#                                                   # (shared machine: never start or stop it)
 #   BENCH_SERIAL=50 BENCH_MANY=200 benches/run.sh   # controller run counts (these defaults)
 #   BENCH_SIZES=small benches/run.sh                # cold pushes of the ~20 MB context only
 #
@@ -27,8 +34,9 @@ repo=$(pwd)
 
 crane_version=v0.20.6
 tool_cache=${IMAGEBUILD_TESTENV_CACHE:-$HOME/.cache/imagebuild-testenv}
-sections=${BENCH_SECTIONS:-"push warm controller profile"}
+sections=${BENCH_SECTIONS:-"push warm controller profile platforms"}
 runs=${BENCH_RUNS:-2}
+platform_runs=${BENCH_PLATFORM_RUNS:-10}
 sizes=${BENCH_SIZES:-"large small"}
 serial=${BENCH_SERIAL:-50}
 many=${BENCH_MANY:-200}
@@ -79,6 +87,10 @@ install_tools() {
 # --- environment -------------------------------------------------------------------------
 start_env() {
   if ! bash tests/env/up.sh --check >/dev/null 2>&1; then
+    if [ -n "${BENCH_REQUIRE_ENV:-}" ]; then
+      echo "benches/run.sh: the test environment is not up (BENCH_REQUIRE_ENV: not starting it)" >&2
+      exit 1
+    fi
     log "starting the test environment"
     timeout 3600 bash tests/env/up.sh >&2
     cleanup_steps+=("bash '$repo/tests/env/down.sh' >&2")
@@ -125,8 +137,16 @@ gitea_cpu() {
     2>/dev/null || echo 0
 }
 
-# Size of the last layer of IMAGE as the registry serves its manifest.
-layer_size() { "$crane" manifest "$1" | jq '.layers[-1].size'; }
+# Size of the last layer of IMAGE as the registry serves its manifest (of an index: its first
+# child's; the children share the layer).
+layer_size() {
+  local manifest
+  manifest=$("$crane" manifest "$1")
+  if jq -e '.manifests' <<<"$manifest" >/dev/null; then
+    manifest=$("$crane" manifest "${1%:*}@$(jq -r '.manifests[0].digest' <<<"$manifest")")
+  fi
+  jq '.layers[-1].size' <<<"$manifest"
+}
 
 # Bytes crane uploaded: the blobs it reports as pushed (not "existing"), sized from the manifest.
 crane_uploaded() {
@@ -471,6 +491,102 @@ section_controller() {
   } | tee -a "$results/summary.md"
 }
 
+# One platform vs two of the same inputs: the two-platform index shares the layer between its
+# children, so it should cost a second config, a second manifest and the index on top (the
+# issue's bound: at most 5% more wall time on the 500 MB context). Both kinds build `from:` one
+# two-platform base index (the tiny base for linux/amd64 and linux/arm64): `platform:
+# linux/amd64` picks one child of it, `platforms: [linux/amd64, linux/arm64]` both. Runs
+# alternate between the kinds so that a change in the machine's load falls on both; the table
+# keeps the fastest of N by wall, the lines below it the medians and the median of the ratios
+# within back-to-back pairs. The same pairs on a one-file context give the fixed cost of the
+# second platform (registry round trips), which does not grow with the context.
+median() {
+  sort -n | awk '{ v[NR] = $1 } END { printf "%.3f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# platform_pairs TAG CONTEXT: N alternating pushes of each kind; sets row_one, row_two (the
+# fastest of each as row() fields) and writes each run's "wall cpu" to platforms-TAG-{one,two}.txt.
+platform_pairs() {
+  local tag=$1 context=$2 n kind name image best_one="" best_two="" this
+  : >"$results/platforms-$tag-one.txt"
+  : >"$results/platforms-$tag-two.txt"
+  for ((n = 1; n <= platform_runs; n++)); do
+    for kind in one two; do
+      name=platforms-$tag-$kind-$n
+      image=$gitea/$owner/bench-$run_id-platforms-$tag-$kind-$n
+      log "platforms: $tag context, $kind, run $n"
+      if [ "$kind" = one ]; then
+        ib_push "$name" "$context" "$image" "platform: linux/amd64"
+      else
+        ib_push "$name" "$context" "$image" "platforms: [linux/amd64, linux/arm64]"
+        [ "$("$crane" manifest "$image:latest" | jq '.manifests | length')" = 2 ] || {
+          echo "benches/run.sh: $image:latest is not a two-platform index" >&2
+          exit 1
+        }
+      fi
+      echo "$wall $cpu" >>"$results/platforms-$tag-$kind.txt"
+      this="$wall;$cpu;$rss;$uploaded;$compressed;$registry_cpu"
+      if [ "$kind" = one ]; then
+        if [ -z "$best_one" ] || awk -v a="$best_one" -v b="$wall" 'BEGIN { exit !(b < a) }'; then
+          best_one=$wall row_one=$this
+        fi
+      elif [ -z "$best_two" ] || awk -v a="$best_two" -v b="$wall" 'BEGIN { exit !(b < a) }'; then
+        best_two=$wall row_two=$this
+      fi
+    done
+  done
+}
+
+# platform_summary TAG: the lines under the table for one context.
+platform_summary() {
+  local tag=$1 one=$results/platforms-$1-one.txt two=$results/platforms-$1-two.txt
+  local w1 w2 c1 c2 u1 u2 med_one med_two med_pair med_diff
+  IFS=';' read -r w1 c1 _ u1 _ _ <<<"$row_one"
+  IFS=';' read -r w2 c2 _ u2 _ _ <<<"$row_two"
+  med_one=$(cut -d' ' -f1 "$one" | median)
+  med_two=$(cut -d' ' -f1 "$two" | median)
+  # Run n of each kind ran back to back: the two share the machine's load.
+  med_pair=$(paste -d' ' "$one" "$two" | awk '{ printf "%.4f\n", $3 / $1 }' | median)
+  med_diff=$(paste -d' ' "$one" "$two" | awk '{ printf "%.3f\n", $3 - $1 }' | median)
+  echo "- wall, fastest: $w2 / $w1 s = $(awk -v a="$w2" -v b="$w1" 'BEGIN { printf "%.3f", a / b }')"
+  echo "- wall, median of $platform_runs: $med_two / $med_one s = $(awk -v a="$med_two" -v b="$med_one" 'BEGIN { printf "%.3f", a / b }')"
+  echo "- wall, median over the $platform_runs back-to-back pairs: ratio $med_pair, difference $med_diff s"
+  echo "- cpu (fastest runs): $c2 / $c1 s = $(awk -v a="$c2" -v b="$c1" 'BEGIN { printf "%.3f", a / b }')"
+  echo "- uploaded: $u2 / $u1 B (+$((u2 - u1)) B)"
+}
+
+section_platforms() {
+  local saved=$base index_base=$gitea/$owner/bench-base-index-$run_id row_one row_two
+  base=""
+  ib_push base-index "$work/base-context" "$index_base" "platforms: [linux/amd64, linux/arm64]"
+  base=$index_base:latest
+  local large_one large_two
+  platform_pairs large "$bench/context"
+  large_one=$row_one large_two=$row_two
+  mkdir -p "$work/one-file"
+  echo "one file" >"$work/one-file/FILE"
+  platform_pairs tiny "$work/one-file"
+  base=$saved
+  local tiny_one=$row_one tiny_two=$row_two
+  IFS=';' read -r wall cpu rss uploaded compressed registry_cpu <<<"$large_one"
+  row "${large_mb} MB, platform: amd64"
+  IFS=';' read -r wall cpu rss uploaded compressed registry_cpu <<<"$large_two"
+  row "${large_mb} MB, 2 platforms"
+  IFS=';' read -r wall cpu rss uploaded compressed registry_cpu <<<"$tiny_one"
+  row "one file, platform: amd64"
+  IFS=';' read -r wall cpu rss uploaded compressed registry_cpu <<<"$tiny_two"
+  row "one file, 2 platforms"
+  print_rows "Cold build + push: one platform vs a two-platform index (fastest of $platform_runs by wall)"
+  {
+    echo
+    echo "Two platforms / one platform, ${large_mb} MB context (each run: platforms-large-{one,two}.txt):"
+    row_one=$large_one row_two=$large_two platform_summary large
+    echo
+    echo "The same on a one-file context (the fixed cost of the second platform):"
+    row_one=$tiny_one row_two=$tiny_two platform_summary tiny
+  } | tee -a "$results/summary.md"
+}
+
 section_profile() {
   log "profile: stage timers of the layer builder on the ${large_mb} MB context"
   timed profile-layer "$layer_bench" "$bench/context" --out "$work"
@@ -506,4 +622,5 @@ has_section push && section_push
 has_section warm && section_warm
 has_section controller && section_controller
 has_section profile && section_profile
+has_section platforms && section_platforms
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$results/summary.md"
