@@ -76,16 +76,6 @@ struct TestImage {
     image: BuiltImage,
 }
 
-fn descriptor(media_type: &str, bytes: &[u8]) -> Descriptor {
-    Descriptor {
-        media_type: media_type.to_owned(),
-        digest: Digest::of(bytes),
-        size: bytes.len() as u64,
-        platform: None,
-        annotations: Default::default(),
-    }
-}
-
 /// A gzip layer with `files` (name, content), written to `dir`; returns the blob and diff_id.
 fn layer(dir: &Path, files: &[(&str, &[u8])]) -> (Blob, Digest) {
     let mut tar = tar::Builder::new(Vec::new());
@@ -105,7 +95,7 @@ fn layer(dir: &Path, files: &[(&str, &[u8])]) -> (Blob, Digest) {
     let path = dir.join(Digest::of(&gz).hex());
     std::fs::write(&path, &gz).expect("write layer");
     let blob = Blob {
-        descriptor: descriptor(oci::MEDIA_TYPE_LAYER_GZIP, &gz),
+        descriptor: Descriptor::of(oci::MEDIA_TYPE_LAYER_GZIP, &gz),
         location: BlobLocation::File(path),
     };
     (blob, Digest::of(&tar))
@@ -135,7 +125,7 @@ fn manifest_bytes(config: &Descriptor, layers: &[Descriptor]) -> Bytes {
 fn assemble(layers: Vec<Blob>, diff_ids: &[Digest], base: Option<BaseImage>) -> BuiltImage {
     let config_bytes = Bytes::from(config_json(diff_ids));
     let config = Blob {
-        descriptor: descriptor(oci::MEDIA_TYPE_IMAGE_CONFIG, &config_bytes),
+        descriptor: Descriptor::of(oci::MEDIA_TYPE_IMAGE_CONFIG, &config_bytes),
         location: BlobLocation::Bytes(config_bytes),
     };
     let layer_descriptors: Vec<Descriptor> = layers.iter().map(|l| l.descriptor.clone()).collect();
@@ -545,7 +535,7 @@ async fn gitea_base_index_resolves_to_the_wanted_platform_or_lists_what_exists()
     push(&client, &repo, &test.image, &[])
         .await
         .expect("push platform image by digest");
-    let mut entry = descriptor(oci::MEDIA_TYPE_IMAGE_MANIFEST, &test.image.manifest);
+    let mut entry = Descriptor::of(oci::MEDIA_TYPE_IMAGE_MANIFEST, &test.image.manifest);
     entry.platform = Some(oci::Platform::linux_amd64());
     let index = oci::Index {
         schema_version: 2,

@@ -1,7 +1,7 @@
 //! The controller's endpoint for PersistentVolumeClaim contexts: `PUT /contexts/{id}` with
 //! `Authorization: Bearer <token>` and a tar stream as the body (see [`crate::transfer`]).
 //!
-//! A build registers the upload it expects ([`Uploads::expect`]) before it creates the reader
+//! A build registers the upload it expects ([`Uploads::register`]) before it creates the reader
 //! Pod, and hands the Pod the id and a random token. The token is good for one upload of that
 //! one context into that one directory: it is consumed by the first authenticated request and
 //! forgotten when the build stops waiting. It grants nothing else — no registry credential or
@@ -71,7 +71,7 @@ enum Refusal {
 
 impl Uploads {
     /// Registers an upload that unpacks into `into` (a directory that does not exist yet).
-    pub fn expect(&self, into: PathBuf, options: ReceiveOptions) -> Result<Expected, io::Error> {
+    pub fn register(&self, into: PathBuf, options: ReceiveOptions) -> Result<Expected, io::Error> {
         let id = random_hex(16)?;
         let token = random_hex(32)?;
         let (done, outcome) = oneshot::channel();
@@ -270,7 +270,7 @@ mod tests {
         let uploads = Uploads::default();
         let dir = tempfile::tempdir().unwrap();
         let expected = uploads
-            .expect(dir.path().join("context"), options())
+            .register(dir.path().join("context"), options())
             .unwrap();
         let id = expected.path().rsplit('/').next().unwrap().to_owned();
         assert_eq!(
@@ -287,7 +287,7 @@ mod tests {
     #[test]
     fn a_token_is_forgotten_when_its_build_stops_waiting() {
         let uploads = Uploads::default();
-        let expected = uploads.expect("/nowhere".into(), options()).unwrap();
+        let expected = uploads.register("/nowhere".into(), options()).unwrap();
         let id = expected.path().rsplit('/').next().unwrap().to_owned();
         let token = expected.token().to_owned();
         drop(expected);
@@ -312,7 +312,7 @@ mod tests {
         std::fs::write(claim.path().join("outside.txt"), "no\n").unwrap();
         let work = tempfile::tempdir().unwrap();
         let into = work.path().join("context");
-        let mut expected = uploads.expect(into.clone(), options()).unwrap();
+        let mut expected = uploads.register(into.clone(), options()).unwrap();
         let sent = transfer::send(transfer::SendRequest {
             claim_root: claim.path().to_owned(),
             sub_path: Some("app".into()),
@@ -341,7 +341,7 @@ mod tests {
         std::fs::write(claim.path().join("a.txt"), "a\n").unwrap();
         let work = tempfile::tempdir().unwrap();
         let expected = uploads
-            .expect(work.path().join("context"), options())
+            .register(work.path().join("context"), options())
             .unwrap();
         let error = transfer::send(transfer::SendRequest {
             claim_root: claim.path().to_owned(),
@@ -373,8 +373,8 @@ mod tests {
     #[test]
     fn tokens_are_long_random_and_never_printed() {
         let uploads = Uploads::default();
-        let a = uploads.expect("/a".into(), options()).unwrap();
-        let b = uploads.expect("/b".into(), options()).unwrap();
+        let a = uploads.register("/a".into(), options()).unwrap();
+        let b = uploads.register("/b".into(), options()).unwrap();
         assert_eq!(a.token().len(), 64);
         assert_ne!(a.token(), b.token());
         assert!(!format!("{a:?}").contains(a.token()));

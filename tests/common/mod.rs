@@ -193,16 +193,7 @@ impl TestEnv {
     /// The manifest bytes `reference` serves (`skopeo inspect --raw`, trusting `ca`, logging in
     /// as `creds` = `user:password`), or `None` when skopeo cannot read it.
     pub fn raw_manifest(&self, ca: &Path, creds: &str, reference: &str) -> Option<Vec<u8>> {
-        let certs = self.cert_dir(ca);
-        let out = output(self.cmd("skopeo").args([
-            "inspect",
-            "--raw",
-            "--cert-dir",
-            &certs.path().to_string_lossy(),
-            "--creds",
-            creds,
-            &format!("docker://{reference}"),
-        ]));
+        let out = self.skopeo_inspect((ca, creds), reference, None, "--raw");
         out.status.success().then_some(out.stdout)
     }
 
@@ -214,22 +205,40 @@ impl TestEnv {
         reference: &str,
         arch: Option<&str>,
     ) -> serde_json::Value {
+        let out = self.skopeo_inspect((ca, creds), reference, arch, "--config");
+        assert!(
+            out.status.success(),
+            "skopeo inspect --config {reference}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("config json")
+    }
+
+    /// `skopeo [--override-arch ARCH] inspect WHAT --raw` of `reference`, trusting `ca`, logging
+    /// in as `creds`.
+    fn skopeo_inspect(
+        &self,
+        (ca, creds): (&Path, &str),
+        reference: &str,
+        arch: Option<&str>,
+        what: &str,
+    ) -> Output {
         let certs = self.cert_dir(ca);
         let mut skopeo = self.cmd("skopeo");
         if let Some(arch) = arch {
             skopeo.args(["--override-arch", arch]);
         }
-        let out = run_ok(skopeo.args([
-            "inspect",
-            "--config",
-            "--raw",
+        let mut args = vec!["inspect", what];
+        if what != "--raw" {
+            args.push("--raw");
+        }
+        output(skopeo.args(args).args([
             "--cert-dir",
             &certs.path().to_string_lossy(),
             "--creds",
             creds,
             &format!("docker://{reference}"),
-        ]));
-        serde_json::from_str(&out).expect("config json")
+        ]))
     }
 
     /// Pulls `reference` with skopeo (trusting `ca`, logging in as `creds` = `user:password`)

@@ -82,7 +82,7 @@ pub fn assemble(
             })?,
         );
     let config_blob = Blob {
-        descriptor: descriptor(oci::MEDIA_TYPE_IMAGE_CONFIG, &config_bytes),
+        descriptor: Descriptor::of(oci::MEDIA_TYPE_IMAGE_CONFIG, &config_bytes),
         location: BlobLocation::Bytes(config_bytes),
     };
 
@@ -220,16 +220,6 @@ pub fn assemble_index(
         media_type: media_type.to_owned(),
         children: built,
     })
-}
-
-fn descriptor(media_type: &str, bytes: &[u8]) -> Descriptor {
-    Descriptor {
-        media_type: media_type.to_owned(),
-        digest: Digest::of(bytes),
-        size: bytes.len() as u64,
-        platform: None,
-        annotations: BTreeMap::new(),
-    }
 }
 
 /// RFC 3339 in UTC, e.g. `1970-01-01T00:00:00Z`.

@@ -189,6 +189,19 @@ pub struct Descriptor {
     pub annotations: std::collections::BTreeMap<String, String>,
 }
 
+impl Descriptor {
+    /// The descriptor of `bytes` as a blob of `media_type`.
+    pub fn of(media_type: &str, bytes: &[u8]) -> Self {
+        Self {
+            media_type: media_type.to_owned(),
+            digest: Digest::of(bytes),
+            size: bytes.len() as u64,
+            platform: None,
+            annotations: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
 /// An image manifest (OCI, or Docker schema 2 which has the same shape).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -72,7 +72,7 @@ pub async fn fetch_context(
 
     let mut expected = readers
         .uploads
-        .expect(into.to_owned(), source.receive_options(ib, &shared.config))
+        .register(into.to_owned(), source.receive_options(ib, &shared.config))
         .map_err(|e| Error::Build(BuildError::Internal(e.to_string())))?;
     let timeout = shared
         .config

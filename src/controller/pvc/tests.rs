@@ -48,7 +48,7 @@ fn reader_pod_json(ib: &ImageBuild, settings: &ReaderSettings) -> (serde_json::V
     let source = ClaimSource::new("apps", &claim).unwrap();
     let config = ControllerConfig::default();
     let expected = Uploads::default()
-        .expect("/tmp/x".into(), source.receive_options(ib, &config))
+        .register("/tmp/x".into(), source.receive_options(ib, &config))
         .unwrap();
     let timeout = config.build_timeout(ib.spec.timeout.as_deref()).limit;
     let pod = reader_pod(ib, &source, settings, &expected, timeout).unwrap();
