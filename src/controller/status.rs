@@ -7,7 +7,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 
 use crate::api::{ImageBuild, ImageBuildStatus, Phase};
@@ -40,12 +40,63 @@ pub fn next_status(ib: &ImageBuild, phase: Phase, readiness: Readiness<'_>) -> I
         last_transition_time: transition,
         observed_generation: ib.metadata.generation,
     };
+    // Ready first; the other conditions (RegistryInSync) stay as they were.
+    let mut conditions = vec![condition];
+    conditions.extend(
+        previous
+            .conditions
+            .iter()
+            .filter(|c| c.type_ != "Ready")
+            .cloned(),
+    );
     ImageBuildStatus {
         phase: Some(phase),
         observed_generation: ib.metadata.generation,
-        conditions: vec![condition],
+        conditions,
         ..previous
     }
+}
+
+/// A condition other than Ready, as the controller wants it to read.
+pub struct Wanted<'a> {
+    pub type_: &'a str,
+    pub status: &'a str,
+    pub reason: &'a str,
+    pub message: String,
+}
+
+/// `status` with the condition `wanted` set (its transition time kept when its status word did
+/// not change), or `None` when it already reads that way.
+pub fn with_condition(
+    status: &ImageBuildStatus,
+    generation: Option<i64>,
+    wanted: Wanted<'_>,
+) -> Option<ImageBuildStatus> {
+    let message = crate::failure::truncate(&wanted.message, 1024);
+    let old = status.conditions.iter().find(|c| c.type_ == wanted.type_);
+    if old.is_some_and(|c| {
+        c.status == wanted.status && c.reason == wanted.reason && c.message == message
+    }) {
+        return None;
+    }
+    let transition = match old {
+        Some(c) if c.status == wanted.status => c.last_transition_time.clone(),
+        _ => Time(Timestamp::now()),
+    };
+    let condition = Condition {
+        type_: wanted.type_.into(),
+        status: wanted.status.into(),
+        reason: wanted.reason.into(),
+        message,
+        last_transition_time: transition,
+        observed_generation: generation,
+    };
+    let mut next = status.clone();
+    match next.conditions.iter_mut().find(|c| c.type_ == wanted.type_) {
+        Some(slot) => *slot = condition,
+        None => next.conditions.push(condition),
+    }
+    Some(next)
 }
 
 /// Applies `status` to the object.
@@ -106,7 +157,7 @@ pub fn condition_changed(ib: &ImageBuild, status: &ImageBuildStatus) -> bool {
 
 /// Sends an event about `ib`; failures to record are logged, never fatal.
 pub async fn event(
-    recorder: &Recorder,
+    recorder: &super::events::Events,
     ib: &ImageBuild,
     type_: EventType,
     reason: &str,
