@@ -195,7 +195,7 @@ pub async fn build_image(job: &BuildJob) -> Result<Prepared, BuildError> {
 
 /// What `platform` and `platforms` ask of the base image (scratch: `These` makes an index,
 /// anything else one image).
-fn wanted_platforms(spec: &ImageBuildSpec) -> Result<Platforms, BuildError> {
+pub fn wanted_platforms(spec: &ImageBuildSpec) -> Result<Platforms, BuildError> {
     let one = spec
         .platform
         .as_deref()
@@ -398,13 +398,22 @@ pub async fn delete_tags(
 /// The base image's registry: the target's access when it is the same host, else the access the
 /// caller resolved for it (its own credentials only), else anonymous.
 fn base_access(job: &BuildJob, host: &str) -> RegistryAccess {
+    access_for_base(&job.target, job.base.as_ref(), host)
+}
+
+/// How to reach a base image on `host`: the target's access when it is the target's host, the
+/// base access when it is for that host, else anonymous (no credential goes to another host).
+pub fn access_for_base(
+    target: &RegistryAccess,
+    base: Option<&RegistryAccess>,
+    host: &str,
+) -> RegistryAccess {
     let host = canonical_host(host);
-    if host == canonical_host(&job.target.host) {
-        return job.target.clone();
+    if host == canonical_host(&target.host) {
+        return target.clone();
     }
-    job.base
-        .clone()
-        .filter(|b| canonical_host(&b.host) == host)
+    base.filter(|b| canonical_host(&b.host) == host)
+        .cloned()
         .unwrap_or_else(|| RegistryAccess::anonymous(&host))
 }
 

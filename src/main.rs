@@ -104,6 +104,11 @@ struct ControllerArgs {
     /// Builds running at once.
     #[arg(long, default_value_t = 4)]
     concurrency: u16,
+    /// How often each Succeeded ImageBuild's base image and tags are checked in the registry
+    /// (HEAD requests, spread over the interval): a moved base is built on, a lost tag pushed
+    /// again. `0` turns the checks off.
+    #[arg(long, default_value = "10m", value_parser = check_interval)]
+    registry_check_interval: CheckInterval,
     /// Scratch directory for layers being built.
     #[arg(long, env = "IMAGEBUILD_WORK_DIR", default_value_os_t = std::env::temp_dir())]
     work_dir: PathBuf,
@@ -150,6 +155,21 @@ struct BuildArgs {
     no_cache: bool,
     #[command(flatten)]
     registry: RegistryFlags,
+}
+
+/// `--registry-check-interval`: a duration, or `None` for `0`.
+#[derive(Clone, Debug)]
+struct CheckInterval(Option<std::time::Duration>);
+
+fn check_interval(text: &str) -> Result<CheckInterval, String> {
+    if text.trim_end_matches(['s', 'm', 'h']) == "0" {
+        return Ok(CheckInterval(None));
+    }
+    imagebuild::controller::config::parse_duration(text)
+        .map(|d| CheckInterval(Some(d)))
+        .ok_or_else(|| {
+            format!("`{text}` is not a duration like 30s, 10m or 1h (0 turns checks off)")
+        })
 }
 
 fn main() -> ExitCode {
@@ -199,6 +219,7 @@ async fn run(command: Command) -> Result<(), cli::Failure> {
                 concurrency: args.concurrency,
                 work_dir: args.work_dir,
                 readers,
+                registry_check_interval: args.registry_check_interval.0,
             };
             controller::run(options)
                 .await
@@ -257,4 +278,22 @@ async fn send_context(args: SendContextArgs) -> Result<(), cli::Failure> {
         counts.entries, counts.bytes
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_check_interval_takes_durations_and_zero_for_off() {
+        assert_eq!(
+            check_interval("10m").map(|c| c.0),
+            Ok(Some(std::time::Duration::from_secs(600)))
+        );
+        for off in ["0", "0s", "0m"] {
+            assert_eq!(check_interval(off).map(|c| c.0), Ok(None), "{off}");
+        }
+        let refused = check_interval("often").map(|c| c.0);
+        assert!(refused.is_err_and(|e| e.contains("`often`")));
+    }
 }

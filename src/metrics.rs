@@ -29,6 +29,15 @@ pub struct Metrics {
     pub builds_in_flight: Gauge,
     pub queue_depth: Gauge,
     pub reconciles: Counter,
+    pub registry_checks: Family<CheckLabel, Counter>,
+    pub registry_checks_in_flight: Gauge,
+}
+
+/// Label of a registry check: `in_sync`, `tag_restored`, `base_changed`, `image_lost`,
+/// `base_missing` or `unreachable` (the registry could not be asked).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabel {
+    pub result: &'static str,
 }
 
 impl Default for Metrics {
@@ -64,6 +73,18 @@ impl Default for Metrics {
             queue_depth.clone(),
         );
         registry.register("reconciles", "Reconcile calls", reconciles.clone());
+        let registry_checks = Family::<CheckLabel, Counter>::default();
+        let registry_checks_in_flight = Gauge::default();
+        registry.register(
+            "registry_checks",
+            "Registry checks of Succeeded ImageBuilds, by what they found",
+            registry_checks.clone(),
+        );
+        registry.register(
+            "registry_checks_in_flight",
+            "Registry checks running now",
+            registry_checks_in_flight.clone(),
+        );
         Self {
             registry,
             builds,
@@ -72,6 +93,8 @@ impl Default for Metrics {
             builds_in_flight,
             queue_depth,
             reconciles,
+            registry_checks,
+            registry_checks_in_flight,
         }
     }
 }
@@ -86,6 +109,13 @@ impl Metrics {
             })
             .inc();
         self.build_duration.observe(seconds);
+    }
+
+    /// Counts a registry check by what it found.
+    pub fn registry_checked(&self, result: &'static str) {
+        self.registry_checks
+            .get_or_create(&CheckLabel { result })
+            .inc();
     }
 
     /// The text exposition format.

@@ -4,7 +4,9 @@
 
 pub mod backoff;
 pub mod config;
+pub mod drift;
 pub mod error;
+pub mod events;
 pub mod inputs;
 pub mod leader;
 pub mod pvc;
@@ -22,7 +24,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -50,6 +52,9 @@ pub struct Options {
     pub work_dir: PathBuf,
     /// Reader Pods for PersistentVolumeClaim contexts; `None` turns them off.
     pub readers: Option<pvc::ReaderSettings>,
+    /// How often each Succeeded ImageBuild's base and tags are checked in the registry; `None`
+    /// turns the checks off.
+    pub registry_check_interval: Option<Duration>,
 }
 
 /// Why the controller could not start.
@@ -131,7 +136,7 @@ pub async fn run(options: Options) -> Result<(), StartError> {
 
     let shared = Arc::new(Shared {
         client: client.clone(),
-        recorder: Recorder::new(
+        recorder: events::Events::new(
             client.clone(),
             Reporter {
                 controller: "imagebuild-controller".into(),
@@ -144,6 +149,10 @@ pub async fn run(options: Options) -> Result<(), StartError> {
         work_dir: options.work_dir.clone(),
         config,
         readers,
+        checks: drift::Checks::new(
+            options.registry_check_interval,
+            usize::from(options.concurrency.max(1)),
+        ),
     });
     // The controller wants a Sync trigger; the lease renewal loop runs in its own task.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

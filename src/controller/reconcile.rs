@@ -9,11 +9,12 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::events::EventType;
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::Semaphore;
 
 use super::config::ControllerConfig;
+use super::drift;
 use super::error::Error;
 use super::inputs::{self, ResolvedContext, ResolvedInputs};
 use super::status::{self, Readiness};
@@ -26,7 +27,7 @@ use crate::metrics::Metrics;
 pub struct Shared {
     pub client: Client,
     pub config: ControllerConfig,
-    pub recorder: Recorder,
+    pub recorder: super::events::Events,
     pub metrics: Arc<Metrics>,
     pub build_slots: Semaphore,
     /// Registry Secrets read, kept while the Secret watch says they are unchanged.
@@ -34,6 +35,8 @@ pub struct Shared {
     pub work_dir: PathBuf,
     /// Reader Pods for PersistentVolumeClaim contexts; `None` when they are off.
     pub readers: Option<super::pvc::Readers>,
+    /// Registry checks of Succeeded ImageBuilds: their schedule, limit and findings.
+    pub checks: drift::Checks,
 }
 
 /// Quiet re-check of a built image (nothing is uploaded when inputs are unchanged).
@@ -44,6 +47,7 @@ pub async fn reconcile(ib: Arc<ImageBuild>, shared: Arc<Shared>) -> Result<Actio
     let api: Api<ImageBuild> =
         Api::namespaced(shared.client.clone(), &ib.namespace().unwrap_or_default());
     if ib.metadata.deletion_timestamp.is_some() {
+        shared.checks.forget(&ib.uid().unwrap_or_default());
         return finalize(&ib, &api, &shared).await;
     }
     sync_finalizer(&ib, &api).await?;
@@ -56,6 +60,9 @@ pub async fn reconcile(ib: Arc<ImageBuild>, shared: Arc<Shared>) -> Result<Actio
         Err(error) => return record_failure(&ib, &api, &shared, error, None).await,
     };
     if let Some(action) = wait_or_skip(&ib, &inputs.inputs_digest) {
+        if shared.checks.enabled() && phase(&ib) == Some(Phase::Succeeded) {
+            return keep_in_sync(&ib, &api, &shared, inputs).await;
+        }
         return Ok(action);
     }
     // The cache can lag behind this controller's own last status write: a reconcile queued by
@@ -65,8 +72,142 @@ pub async fn reconcile(ib: Arc<ImageBuild>, shared: Arc<Shared>) -> Result<Actio
     let current = api.get(&ib.name_any()).await?;
     match recheck(&ib, &current, &inputs.inputs_digest) {
         Recheck::Skip(action) => Ok(action),
-        Recheck::Build => build(&current, &api, &shared, inputs).await,
+        Recheck::Build => build(&current, &api, &shared, inputs, &[]).await,
     }
+}
+
+fn phase(ib: &ImageBuild) -> Option<Phase> {
+    ib.status.as_ref().and_then(|s| s.phase)
+}
+
+/// A Succeeded ImageBuild whose inputs did not change: when its moment comes, the registry is
+/// checked (see [`drift`]); a moved base or a lost image is built again, a wrong tag put back.
+async fn keep_in_sync(
+    ib: &ImageBuild,
+    api: &Api<ImageBuild>,
+    shared: &Arc<Shared>,
+    inputs: ResolvedInputs,
+) -> Result<Action, Error> {
+    let uid = ib.uid().unwrap_or_default();
+    if let Some(wait) = shared.checks.wait(&uid) {
+        return Ok(Action::requeue(wait));
+    }
+    let checking = async {
+        shared.metrics.registry_checks_in_flight.inc();
+        let found = drift::check(
+            ib,
+            &uid,
+            &shared.checks,
+            &inputs.target,
+            inputs.base.as_ref(),
+        )
+        .await;
+        shared.metrics.registry_checks_in_flight.dec();
+        found
+    };
+    let Some(found) = shared.checks.limited(checking).await else {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    };
+    let image = &ib.spec.image;
+    let digest = ib
+        .status
+        .as_ref()
+        .and_then(|s| s.digest.clone())
+        .unwrap_or_default();
+    let finding = match found {
+        Ok(finding) => finding,
+        Err(error) => {
+            shared.metrics.registry_checked("unreachable");
+            tracing::info!(%error, image, "registry check failed; Ready stays as it is");
+            let message = format!(
+                "could not check the registry (Ready stays as the last push left it; trying \
+                 again): {error}"
+            );
+            let sync = drift::Sync::unknown(error.reason(), message);
+            sync_condition(ib, api, shared, sync).await?;
+            return Ok(Action::requeue(shared.checks.failed(&uid)));
+        }
+    };
+    let next = shared.checks.done(&uid);
+    match finding {
+        drift::Finding::InSync => {
+            shared.metrics.registry_checked("in_sync");
+            sync_condition(ib, api, shared, drift::Sync::in_sync(&digest)).await?;
+            Ok(Action::requeue(next))
+        }
+        drift::Finding::BaseMissing => {
+            shared.metrics.registry_checked("base_missing");
+            let from = ib.spec.from.clone().unwrap_or_default();
+            sync_condition(ib, api, shared, drift::Sync::base_missing(&from)).await?;
+            Ok(Action::requeue(next))
+        }
+        drift::Finding::TagsRestored(tags) => {
+            shared.metrics.registry_checked("tag_restored");
+            for tag in &tags {
+                let note = tag.note(image, &digest);
+                tracing::info!(image, tag = %tag.tag, "tag restored");
+                status::event(&shared.recorder, ib, EventType::Normal, "TagRestored", note).await;
+            }
+            sync_condition(ib, api, shared, drift::Sync::in_sync(&digest)).await?;
+            Ok(Action::requeue(next))
+        }
+        drift::Finding::BaseMoved { old, new } => {
+            shared.metrics.registry_checked("base_changed");
+            let from = ib.spec.from.clone().unwrap_or_default();
+            let note = format!("base image {from} moved from {old} to {new}; building on it");
+            tracing::info!(image, %from, %old, %new, "base image moved");
+            status::event(
+                &shared.recorder,
+                ib,
+                EventType::Normal,
+                "BaseImageChanged",
+                note,
+            )
+            .await;
+            build_again(ib, api, shared, inputs, &[]).await
+        }
+        drift::Finding::ImageLost(tags) => {
+            shared.metrics.registry_checked("image_lost");
+            tracing::info!(image, "the registry lost the image; building it again");
+            build_again(ib, api, shared, inputs, &tags).await
+        }
+    }
+}
+
+/// A build that a registry check calls for, on the API server's current copy.
+async fn build_again(
+    ib: &ImageBuild,
+    api: &Api<ImageBuild>,
+    shared: &Arc<Shared>,
+    inputs: ResolvedInputs,
+    restoring: &[drift::Misplaced],
+) -> Result<Action, Error> {
+    let current = api.get(&ib.name_any()).await?;
+    if current.metadata.generation != ib.metadata.generation {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    build(&current, api, shared, inputs, restoring).await
+}
+
+/// Writes the RegistryInSync condition when it says something new.
+async fn sync_condition(
+    ib: &ImageBuild,
+    api: &Api<ImageBuild>,
+    shared: &Shared,
+    sync: drift::Sync,
+) -> Result<(), Error> {
+    let Some(previous) = ib.status.as_ref() else {
+        return Ok(());
+    };
+    let Some(next) = status::with_condition(previous, ib.metadata.generation, sync.condition())
+    else {
+        return Ok(());
+    };
+    status::write(api, ib, &next).await?;
+    if let Some((reason, note)) = sync.warning() {
+        status::event(&shared.recorder, ib, EventType::Warning, reason, note).await;
+    }
+    Ok(())
 }
 
 /// What to do, on the API server's current copy of an ImageBuild, about a build its cached copy
@@ -118,6 +259,7 @@ async fn build(
     api: &Api<ImageBuild>,
     shared: &Arc<Shared>,
     inputs: ResolvedInputs,
+    restoring: &[drift::Misplaced],
 ) -> Result<Action, Error> {
     let previous = ib.status.clone().unwrap_or_default();
     let attempts = if previous.context_digest.as_deref() == Some(&inputs.inputs_digest) {
@@ -226,8 +368,20 @@ async fn build(
         })
         .collect();
     done.size = Some(pushed.size);
+    if shared.checks.enabled() {
+        let sync = drift::Sync::in_sync(pushed.digest.as_str());
+        if let Some(synced) =
+            status::with_condition(&done, ib.metadata.generation, sync.condition())
+        {
+            done = synced;
+        }
+    }
     status::write(api, ib, &done).await?;
     status::event(&shared.recorder, ib, EventType::Normal, reason, message).await;
+    for tag in restoring {
+        let note = tag.note(&ib.spec.image, pushed.digest.as_str());
+        status::event(&shared.recorder, ib, EventType::Normal, "TagRestored", note).await;
+    }
     tracing::info!(image = %pushed.image_ref, bytes_uploaded = pushed.bytes_uploaded, seconds, "image pushed");
     Ok(Action::requeue(RESYNC))
 }

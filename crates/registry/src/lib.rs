@@ -40,7 +40,9 @@ pub use blob::{BlobStream, PushedBlob};
 pub use client::RegistryClient;
 pub use error::RegistryError;
 pub use manifest::FetchedManifest;
-pub use pull::{Inspected, InspectedImage, Platforms, fetch_base, fetch_bases, inspect};
+pub use pull::{
+    BaseState, Inspected, InspectedImage, Platforms, check_base, fetch_base, fetch_bases, inspect,
+};
 pub use push::{PushReport, push, push_image};
 pub use retry::RetryPolicy;
 pub use streamed::StreamedUpload;

@@ -165,6 +165,57 @@ pub async fn inspect(
     })
 }
 
+/// Where a base reference points now, next to the digest a build recorded for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaseState {
+    /// It still gives what the build stood on; `top` is what the reference itself names now (an
+    /// index, for a one-platform build from one), so the next check can stop at a HEAD.
+    Unchanged { top: oci::Digest },
+    /// It gives something else now: `now` is what a build would record.
+    Moved { now: oci::Digest },
+    /// The registry does not have it any more.
+    Missing,
+}
+
+/// Whether base `image` still resolves to `recorded` for a build asking `platforms`, at the cost
+/// of one HEAD. `known_top` is what an earlier check found the reference to name while it still
+/// resolved to `recorded`. Only when the build chose one platform of an index, and the index
+/// moved, is that index read (a GET, no layers) to see whether the chosen child moved too.
+pub async fn check_base(
+    client: &RegistryClient,
+    image: &ImageRef,
+    platforms: &Platforms,
+    recorded: &oci::Digest,
+    known_top: Option<&oci::Digest>,
+) -> Result<BaseState, RegistryError> {
+    let Some(top) = client
+        .head_manifest(&image.repository, &image.reference())
+        .await?
+    else {
+        return Ok(BaseState::Missing);
+    };
+    if &top == recorded || known_top == Some(&top) {
+        return Ok(BaseState::Unchanged { top });
+    }
+    let Platforms::One(platform) = platforms else {
+        return Ok(BaseState::Moved { now: top });
+    };
+    let fetched = client.get_manifest(&image.repository, top.as_str()).await?;
+    if !fetched.is_index() {
+        return Ok(BaseState::Moved { now: top });
+    }
+    let index: Index = parse(image, &fetched, "image index")?;
+    let wanted = platform.clone().unwrap_or_else(Platform::linux_amd64);
+    let chosen = choose_platform(image, &index, &wanted)?;
+    if &chosen.digest == recorded {
+        Ok(BaseState::Unchanged { top })
+    } else {
+        Ok(BaseState::Moved {
+            now: chosen.digest.clone(),
+        })
+    }
+}
+
 /// An index entry a container can run: an image manifest with a real platform, not an
 /// attestation.
 fn is_runnable(descriptor: &Descriptor) -> bool {
