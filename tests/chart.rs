@@ -325,6 +325,35 @@ fn leader_election_can_be_turned_off_with_one_replica() {
 
 #[test]
 #[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
+fn registry_checks_run_every_ten_minutes_by_default_and_zero_turns_them_off() {
+    let flag = |objects: &[Value]| {
+        args(objects)
+            .into_iter()
+            .find(|a| a.starts_with("--registry-check-interval="))
+    };
+    assert_eq!(
+        flag(&render(&[])).as_deref(),
+        Some("--registry-check-interval=10m")
+    );
+    assert_eq!(
+        flag(&render(&["--set", "registryCheckInterval=0"])).as_deref(),
+        Some("--registry-check-interval=0")
+    );
+    assert_eq!(
+        flag(&render(&["--set", "registryCheckInterval=90s"])).as_deref(),
+        Some("--registry-check-interval=90s")
+    );
+    let refused = helm_template(&["--set", "registryCheckInterval=often"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("registryCheckInterval"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
+
+#[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
 fn deployment_runs_the_controller_with_config_listen_address_and_work_dir() {
     let objects = render(&["--set", "concurrency=7"]);
     let args = args(&objects);
@@ -334,6 +363,7 @@ fn deployment_runs_the_controller_with_config_listen_address_and_work_dir() {
         "--listen=0.0.0.0:8080",
         "--concurrency=7",
         "--work-dir=/work",
+        "--registry-check-interval=10m",
     ] {
         assert!(
             args.contains(&flag.to_owned()),

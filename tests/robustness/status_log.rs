@@ -80,9 +80,10 @@ impl StatusLog {
                 .as_str()
                 .unwrap_or_default()
                 .to_owned();
-            let status = ib["status"].clone();
+            let status = build_status(&ib["status"]);
             let previous = last_status.insert(name.clone(), status.clone());
-            // A version that changed only metadata or spec is not a status write.
+            // A version that changed only metadata or spec is not a status write; one that
+            // changed only what a registry check says (RegistryInSync) is not a build's.
             if previous.as_ref().unwrap_or(&Value::Null) == &status {
                 continue;
             }
@@ -129,6 +130,15 @@ impl Drop for StatusLog {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `status` without the RegistryInSync condition, which registry checks write between builds.
+fn build_status(status: &Value) -> Value {
+    let mut status = status.clone();
+    if let Some(conditions) = status["conditions"].as_array_mut() {
+        conditions.retain(|c| c["type"] != "RegistryInSync");
+    }
+    status
 }
 
 /// Succeeded and Ready with a digest, for the generation it has now.
