@@ -18,7 +18,7 @@ use crate::api::{ImageBuild, ImageBuildStatus};
 use crate::build::{self, BuildError};
 use crate::oci::Digest;
 use crate::reference::{ImageRef, RepositoryRef};
-use crate::registry::{BaseState, RegistryAccess, check_base};
+use crate::registry::{BaseState, RegistryAccess, RegistryClient, RegistryError, check_base};
 
 use super::lock;
 
@@ -31,7 +31,13 @@ pub struct Checks {
     interval: Option<Duration>,
     slots: Semaphore,
     entries: Mutex<Entries>,
+    /// Clients by access, so checks reuse connections (and tokens) instead of a TLS handshake
+    /// each; dropped when unused for an hour.
+    clients: Mutex<HashMap<u64, (RegistryClient, Instant)>>,
 }
+
+/// Clients unused this long are dropped.
+const CLIENT_IDLE: Duration = Duration::from_secs(3600);
 
 #[derive(Default)]
 struct Entries {
@@ -154,7 +160,23 @@ impl Checks {
             interval,
             slots: Semaphore::new(concurrency.max(1)),
             entries: Mutex::new(Entries::default()),
+            clients: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A client for `access`, kept from an earlier check when the access is the same.
+    fn client(&self, access: &RegistryAccess) -> Result<RegistryClient, RegistryError> {
+        let key = access.fingerprint();
+        let now = Instant::now();
+        let mut clients = lock(&self.clients);
+        clients.retain(|_, (_, used)| now.duration_since(*used) < CLIENT_IDLE);
+        if let Some((client, used)) = clients.get_mut(&key) {
+            *used = now;
+            return Ok(client.clone());
+        }
+        let client = access.client()?;
+        clients.insert(key, (client.clone(), now));
+        Ok(client)
     }
 
     pub fn enabled(&self) -> bool {
@@ -310,7 +332,7 @@ pub async fn check(
         .parse()
         .map_err(|_| BuildError::Internal(format!("status.digest `{digest}` is not a digest")))?;
     let repository = RepositoryRef::parse(&ib.spec.image)?.repository;
-    let client = target.client()?;
+    let client = checks.client(target)?;
     if let Some(finding) = check_base_of(ib, status, uid, checks, target, base).await? {
         return Ok(finding);
     }
@@ -369,7 +391,7 @@ async fn check_base_of(
     let Ok(recorded_digest) = recorded.parse::<Digest>() else {
         return Ok(None);
     };
-    let client = build::access_for_base(target, base, &image.registry).client()?;
+    let client = checks.client(&build::access_for_base(target, base, &image.registry))?;
     let platforms = build::wanted_platforms(&ib.spec)?;
     let known_top = checks.base_top(uid, recorded);
     match check_base(

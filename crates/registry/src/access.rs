@@ -72,6 +72,22 @@ impl RegistryAccess {
         }
     }
 
+    /// A number that differs between accesses that differ in anything (host, endpoint, CA,
+    /// credentials, TLS mode): a key for keeping clients. In memory only; never shown.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut hasher = DefaultHasher::new();
+        self.host.hash(&mut hasher);
+        self.endpoint.hash(&mut hasher);
+        self.ca.as_ref().map(|ca| &ca.pem).hash(&mut hasher);
+        self.credentials
+            .as_ref()
+            .map(|c| (&c.username, &c.password, &c.source))
+            .hash(&mut hasher);
+        self.insecure.hash(&mut hasher);
+        hasher.finish()
+    }
+
     /// A client for this host.
     pub fn client(&self) -> Result<RegistryClient, RegistryError> {
         let mut config = RegistryConfig::new(&self.host);

@@ -179,8 +179,9 @@ pub enum BaseState {
 
 /// Whether base `image` still resolves to `recorded` for a build asking `platforms`, at the cost
 /// of one HEAD. `known_top` is what an earlier check found the reference to name while it still
-/// resolved to `recorded`. Only when the build chose one platform of an index, and the index
-/// moved, is that index read (a GET, no layers) to see whether the chosen child moved too.
+/// resolved to `recorded`. Only when the HEAD names something else is the manifest read (a GET,
+/// no layers): to see whether a one-platform build's child of an index moved too, and so that a
+/// registry whose HEAD digest differs from the bytes it serves never causes a rebuild per check.
 pub async fn check_base(
     client: &RegistryClient,
     image: &ImageRef,
@@ -197,22 +198,21 @@ pub async fn check_base(
     if &top == recorded || known_top == Some(&top) {
         return Ok(BaseState::Unchanged { top });
     }
-    let Platforms::One(platform) = platforms else {
-        return Ok(BaseState::Moved { now: top });
+    let fetched = client
+        .get_manifest(&image.repository, &image.reference())
+        .await?;
+    let chosen = match platforms {
+        Platforms::One(platform) if fetched.is_index() => {
+            let index: Index = parse(image, &fetched, "image index")?;
+            let wanted = platform.clone().unwrap_or_else(Platform::linux_amd64);
+            choose_platform(image, &index, &wanted)?.digest.clone()
+        }
+        _ => fetched.digest,
     };
-    let fetched = client.get_manifest(&image.repository, top.as_str()).await?;
-    if !fetched.is_index() {
-        return Ok(BaseState::Moved { now: top });
-    }
-    let index: Index = parse(image, &fetched, "image index")?;
-    let wanted = platform.clone().unwrap_or_else(Platform::linux_amd64);
-    let chosen = choose_platform(image, &index, &wanted)?;
-    if &chosen.digest == recorded {
+    if &chosen == recorded {
         Ok(BaseState::Unchanged { top })
     } else {
-        Ok(BaseState::Moved {
-            now: chosen.digest.clone(),
-        })
+        Ok(BaseState::Moved { now: chosen })
     }
 }
 

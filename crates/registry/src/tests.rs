@@ -1090,3 +1090,143 @@ fn every_public_operation_is_send() {
     ));
     send(fetch_base(&client, &reference, None));
 }
+
+/// A base tag whose manifest the test replaces: HEAD answers with `head_digest` (default: the
+/// digest of the bytes), GET with the bytes, 404 when there are none.
+#[derive(Default)]
+struct MovingBase {
+    manifest: Option<(Vec<u8>, &'static str)>,
+    head_digest: Option<String>,
+}
+
+async fn moving_base() -> (TestServer, Arc<Mutex<MovingBase>>) {
+    let state = Arc::new(Mutex::new(MovingBase::default()));
+    let shared = state.clone();
+    let server = TestServer::http(move |request| {
+        let state = shared.lock().expect("state");
+        let Some((bytes, media_type)) = &state.manifest else {
+            return Reply::status(404);
+        };
+        let digest = state
+            .head_digest
+            .clone()
+            .unwrap_or_else(|| Digest::of(bytes).to_string());
+        let reply = Reply::status(200)
+            .header("Content-Type", media_type)
+            .header("Docker-Content-Digest", &digest);
+        if request.method == "HEAD" {
+            reply
+        } else {
+            reply.body(bytes.clone())
+        }
+    })
+    .await;
+    (server, state)
+}
+
+fn index_of(children: &[(&str, &Digest)]) -> Vec<u8> {
+    let manifests: Vec<serde_json::Value> = children
+        .iter()
+        .map(|(arch, digest)| {
+            serde_json::json!({
+                "mediaType": oci::MEDIA_TYPE_IMAGE_MANIFEST,
+                "digest": digest.as_str(),
+                "size": 100,
+                "platform": {"os": "linux", "architecture": arch},
+            })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": oci::MEDIA_TYPE_IMAGE_INDEX,
+        "manifests": manifests,
+    }))
+    .expect("index json")
+}
+
+#[tokio::test]
+async fn a_base_check_is_one_head_until_the_base_moves() {
+    let (server, state) = moving_base().await;
+    let client = client_for(&server, None);
+    let image =
+        crate::reference::ImageRef::parse(&format!("127.0.0.1:{}/o/base:1", server.addr.port()))
+            .expect("reference");
+    let first = br#"{"schemaVersion":2,"layers":[]}"#.to_vec();
+    let recorded = Digest::of(&first);
+    state.lock().expect("state").manifest = Some((first, oci::MEDIA_TYPE_IMAGE_MANIFEST));
+    let every = Platforms::Every;
+
+    let state_now = check_base(&client, &image, &every, &recorded, None).await;
+    assert_eq!(
+        state_now.expect("check"),
+        BaseState::Unchanged {
+            top: recorded.clone()
+        }
+    );
+    assert_eq!(server.recorded().len(), 1, "one HEAD");
+
+    let second = br#"{"schemaVersion":2,"layers":[{}]}"#.to_vec();
+    let moved_to = Digest::of(&second);
+    state.lock().expect("state").manifest = Some((second, oci::MEDIA_TYPE_IMAGE_MANIFEST));
+    let state_now = check_base(&client, &image, &every, &recorded, None).await;
+    assert_eq!(
+        state_now.expect("check"),
+        BaseState::Moved { now: moved_to }
+    );
+
+    state.lock().expect("state").manifest = None;
+    let state_now = check_base(&client, &image, &every, &recorded, None).await;
+    assert_eq!(state_now.expect("check"), BaseState::Missing);
+}
+
+#[tokio::test]
+async fn a_one_platform_build_sees_its_child_not_the_index() {
+    let (server, state) = moving_base().await;
+    let client = client_for(&server, None);
+    let image =
+        crate::reference::ImageRef::parse(&format!("127.0.0.1:{}/o/base:1", server.addr.port()))
+            .expect("reference");
+    let (amd, arm, arm2) = (
+        Digest::of(b"amd64"),
+        Digest::of(b"arm64"),
+        Digest::of(b"arm64 again"),
+    );
+    let arm64 = Platforms::One(Some("linux/arm64".parse().expect("platform")));
+    // The index moved (its amd64 child did), the arm64 child the build stood on did not.
+    let index = index_of(&[("amd64", &Digest::of(b"amd64 new")), ("arm64", &arm)]);
+    let top = Digest::of(&index);
+    state.lock().expect("state").manifest = Some((index, oci::MEDIA_TYPE_IMAGE_INDEX));
+    let found = check_base(&client, &image, &arm64, &arm, None).await;
+    assert_eq!(
+        found.expect("check"),
+        BaseState::Unchanged { top: top.clone() }
+    );
+    // Knowing that index, the next check is a HEAD only.
+    let before = server.recorded().len();
+    let found = check_base(&client, &image, &arm64, &arm, Some(&top)).await;
+    assert_eq!(found.expect("check"), BaseState::Unchanged { top });
+    assert_eq!(server.recorded().len() - before, 1, "one HEAD");
+    // Now the arm64 child moves.
+    let index = index_of(&[("amd64", &amd), ("arm64", &arm2)]);
+    state.lock().expect("state").manifest = Some((index, oci::MEDIA_TYPE_IMAGE_INDEX));
+    let found = check_base(&client, &image, &arm64, &arm, None).await;
+    assert_eq!(found.expect("check"), BaseState::Moved { now: arm2 });
+}
+
+#[tokio::test]
+async fn a_head_digest_that_differs_from_the_bytes_is_not_a_moved_base() {
+    let (server, state) = moving_base().await;
+    let client = client_for(&server, None);
+    let image =
+        crate::reference::ImageRef::parse(&format!("127.0.0.1:{}/o/base:1", server.addr.port()))
+            .expect("reference");
+    let bytes = br#"{"schemaVersion":2}"#.to_vec();
+    let recorded = Digest::of(&bytes);
+    let quirk = Digest::of(b"what HEAD says");
+    *state.lock().expect("state") = MovingBase {
+        manifest: Some((bytes, oci::MEDIA_TYPE_IMAGE_MANIFEST)),
+        head_digest: Some(quirk.to_string()),
+    };
+    let found = check_base(&client, &image, &Platforms::Every, &recorded, None).await;
+    assert_eq!(found.expect("check"), BaseState::Unchanged { top: quirk });
+}
