@@ -9,6 +9,10 @@
 #   controller  kubectl apply of a ConfigMap + ImageBuild to Ready=True, N times in a row, then
 #               M ImageBuilds at once; controller peak RSS (VmHWM)
 #   profile     per-stage timers of our layer builder on the ~500 MB context, plus upload time
+#   checks      registry checks (--registry-check-interval 10s) of BENCH_CHECKS (200) Ready
+#               ImageBuilds over 60 s: checks, manifest HEADs at Gitea, API server requests and
+#               controller cpu per ImageBuild per check, next to `crane digest` of each image
+#               (what a hand-run or cron check does)
 #   platforms   cold push of the ~500 MB context as one platform and as a two-platform index
 #               (linux/amd64 + linux/arm64 children sharing the layer), runs alternating, on
 #               the same two-platform base index; the ratio of the two, and the same pairs on a
@@ -34,7 +38,8 @@ repo=$(pwd)
 
 crane_version=v0.20.6
 tool_cache=${IMAGEBUILD_TESTENV_CACHE:-$HOME/.cache/imagebuild-testenv}
-sections=${BENCH_SECTIONS:-"push warm controller profile platforms"}
+sections=${BENCH_SECTIONS:-"push warm controller profile platforms checks"}
+checks_count=${BENCH_CHECKS:-200}
 runs=${BENCH_RUNS:-2}
 platform_runs=${BENCH_PLATFORM_RUNS:-10}
 sizes=${BENCH_SIZES:-"large small"}
@@ -382,8 +387,10 @@ start_controller() {
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   KUBECONFIG=$dir/kubeconfig POD_NAMESPACE=imagebuild-system RUST_LOG=info \
     "$imagebuild" controller --config "$dir/config.yaml" --listen "127.0.0.1:$port" \
-    --work-dir "$dir" --identity "bench-$run_id" >"$results/controller.log" 2>&1 &
+    --work-dir "$dir" --identity "bench-$run_id" ${controller_extra:-} \
+    >"$results/controller.log" 2>&1 &
   controller_pid=$!
+  controller_port=$port
   cleanup_steps+=("kill $controller_pid 2>/dev/null; wait $controller_pid 2>/dev/null")
   local i
   for ((i = 0; i < 300; i++)); do
@@ -610,6 +617,75 @@ section_profile() {
   } | tee -a "$results/summary.md" | tee "$results/profile.txt"
 }
 
+# Registry checks: BENCH_CHECKS Ready ImageBuilds, a controller checking them every 10 s, 60 s
+# of it measured once the first round is over; then `crane digest` of each image, the
+# reference a user without the controller would run.
+section_checks() {
+  controller_extra="--registry-check-interval 10s"
+  start_controller
+  controller_extra=""
+  local ns=bench-checks-$run_id i
+  kubectl create namespace "$ns" >/dev/null
+  cleanup_steps+=("timeout 300 kubectl delete namespace '$ns' --wait=false >/dev/null 2>&1")
+  : >"$work/checks.yaml"
+  for ((i = 1; i <= checks_count; i++)); do
+    manifests "$ns" "check-$i" "<h1>check $run_id $i</h1>" >>"$work/checks.yaml"
+    echo "---" >>"$work/checks.yaml"
+  done
+  log "checks: $checks_count ImageBuilds to Ready"
+  kubectl apply -f "$work/checks.yaml" >/dev/null
+  local ready=0 deadline=$((SECONDS + 900))
+  while ((SECONDS < deadline)); do
+    ready=$(kubectl get imagebuild -n "$ns" -o json | jq '[.items[] | select(.status.phase == "Succeeded")] | length')
+    ((ready >= checks_count)) && break
+    sleep 1
+  done
+  ((ready >= checks_count)) || { echo "benches/run.sh: only $ready of $checks_count Ready" >&2; exit 1; }
+  local all
+  all=$(kubectl get imagebuild -A -o json | jq '[.items[] | select(.status.phase == "Succeeded")] | length')
+  sleep 12
+  local gitea_log=$repo/target/testenv/logs/gitea.log hz
+  hz=$(getconf CLK_TCK)
+  checks_now() { curl -fs "http://127.0.0.1:$controller_port/metrics" |
+    awk '/^imagebuild_registry_checks_total/ { s += $NF } END { print s + 0 }'; }
+  heads_now() { grep -c 'completed HEAD /v2/.*/manifests/' "$gitea_log" || true; }
+  api_now() { kubectl get --raw /metrics | awk '/^apiserver_request_total/ { s += $NF } END { print s + 0 }'; }
+  cpu_now() { awk -v hz="$hz" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$controller_pid/stat"; }
+  local c0 h0 a0 p0 g0 c1 h1 a1 p1 g1
+  c0=$(checks_now) h0=$(heads_now) a0=$(api_now) p0=$(cpu_now) g0=$(gitea_cpu)
+  log "checks: measuring 60 s"
+  sleep 60
+  c1=$(checks_now) h1=$(heads_now) a1=$(api_now) p1=$(cpu_now) g1=$(gitea_cpu)
+  kubectl get imagebuild -n "$ns" -o json | jq -r '.items[].status.imageRef' |
+    sed 's/@.*/:latest/' >"$work/check-refs.txt"
+  # The controller stops first, so Gitea's log and cpu during crane's round are crane's alone.
+  kill "$controller_pid" 2>/dev/null || true
+  wait "$controller_pid" 2>/dev/null || true
+  h1=$(heads_now)
+  log "checks: crane digest of each image"
+  timed crane-digests bash -c 'while read -r ref; do "$1" digest "$ref" >/dev/null || exit 1; done <"$2"' \
+    crane "$crane" "$work/check-refs.txt"
+  local crane_heads
+  crane_heads=$(($(heads_now) - h1))
+  {
+    echo
+    echo "## Registry checks: $checks_count Ready ImageBuilds ($all in the cluster), interval 10 s, 60 s measured"
+    echo "| measure | imagebuild controller | crane digest, once per image |"
+    echo "|---|---:|---:|"
+    awk -v c0="$c0" -v c1="$c1" -v n="$all" -v h0="$h0" -v h1="$h1" -v a0="$a0" -v a1="$a1" \
+      -v p0="$p0" -v p1="$p1" -v g0="$g0" -v g1="$g1" -v cw="$wall" -v cc="$cpu" \
+      -v cg="$registry_cpu" -v ch="$crane_heads" -v m="$checks_count" 'BEGIN {
+        c = c1 - c0
+        printf "| checks | %d (%.2f per ImageBuild per interval) | %d |\n", c, c / n / 6, m
+        printf "| manifest HEADs at Gitea per check | %.2f | %.2f |\n", (h1 - h0) / c, ch / m
+        printf "| API server requests per check | %.2f | 0 |\n", (a1 - a0) / c
+        printf "| cpu per check, checker | %.2f ms | %.2f ms |\n", (p1 - p0) * 1000 / c, cc * 1000 / m
+        printf "| cpu per check, Gitea | %.2f ms | %.2f ms |\n", (g1 - g0) * 1000 / c, cg * 1000 / m
+        printf "| wall for one round of %d | spread over 10 s | %.2f s |\n", m, cw
+      }'
+  } | tee -a "$results/summary.md"
+}
+
 install_tools
 start_env
 prepare_contexts
@@ -623,4 +699,5 @@ has_section warm && section_warm
 has_section controller && section_controller
 has_section profile && section_profile
 has_section platforms && section_platforms
+has_section checks && section_checks
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$results/summary.md"

@@ -72,6 +72,14 @@ pub enum Finding {
     ImageLost(Vec<Misplaced>),
 }
 
+/// What a check found, and why the base could not be looked at when it could not: the tags are
+/// checked (and put back) even then, since they live on the target, which may well be reachable.
+#[derive(Debug)]
+pub struct Checked {
+    pub finding: Finding,
+    pub base_unknown: Option<BuildError>,
+}
+
 /// A tag that did not point to `status.digest`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Misplaced {
@@ -321,25 +329,45 @@ pub async fn check(
     checks: &Checks,
     target: &RegistryAccess,
     base: Option<&RegistryAccess>,
-) -> Result<Finding, BuildError> {
+) -> Result<Checked, BuildError> {
+    let checked = |finding| Checked {
+        finding,
+        base_unknown: None,
+    };
     let Some(status) = ib.status.as_ref() else {
-        return Ok(Finding::InSync);
+        return Ok(checked(Finding::InSync));
     };
     let Some(digest) = status.digest.as_deref() else {
-        return Ok(Finding::InSync);
+        return Ok(checked(Finding::InSync));
     };
     let digest: Digest = digest
         .parse()
         .map_err(|_| BuildError::Internal(format!("status.digest `{digest}` is not a digest")))?;
     let repository = RepositoryRef::parse(&ib.spec.image)?.repository;
     let client = checks.client(target)?;
-    if let Some(finding) = check_base_of(ib, status, uid, checks, target, base).await? {
-        return Ok(finding);
-    }
+    let base_unknown = match check_base_of(ib, status, uid, checks, target, base).await {
+        Ok(Some(finding)) => return Ok(checked(finding)),
+        Ok(None) => None,
+        Err(error) => Some(error),
+    };
+    let finding = check_tags(&client, &repository, status, &digest).await?;
+    Ok(Checked {
+        finding,
+        base_unknown,
+    })
+}
+
+/// Each tag against `digest`; wrong ones are put back when the registry still holds the image.
+async fn check_tags(
+    client: &RegistryClient,
+    repository: &str,
+    status: &ImageBuildStatus,
+    digest: &Digest,
+) -> Result<Finding, BuildError> {
     let mut misplaced = Vec::new();
     for tag in &status.tags {
-        match client.head_manifest(&repository, tag).await? {
-            Some(found) if found == digest => {}
+        match client.head_manifest(repository, tag).await? {
+            Some(found) if &found == digest => {}
             was => misplaced.push(Misplaced {
                 tag: tag.clone(),
                 was,
@@ -350,14 +378,13 @@ pub async fn check(
         return Ok(Finding::InSync);
     }
     // Re-tagging needs the image itself, and for an index every child, still in the registry.
-    let mut held =
-        client.head_manifest(&repository, digest.as_str()).await? == Some(digest.clone());
+    let mut held = client.head_manifest(repository, digest.as_str()).await? == Some(digest.clone());
     for child in &status.platforms {
         if !held {
             break;
         }
         held = client
-            .head_manifest(&repository, &child.digest)
+            .head_manifest(repository, &child.digest)
             .await?
             .is_some();
     }
@@ -365,7 +392,7 @@ pub async fn check(
         return Ok(Finding::ImageLost(misplaced));
     }
     for wrong in &misplaced {
-        client.tag(&repository, digest.as_str(), &wrong.tag).await?;
+        client.tag(repository, digest.as_str(), &wrong.tag).await?;
     }
     Ok(Finding::TagsRestored(misplaced))
 }

@@ -114,8 +114,8 @@ async fn keep_in_sync(
         .as_ref()
         .and_then(|s| s.digest.clone())
         .unwrap_or_default();
-    let finding = match found {
-        Ok(finding) => finding,
+    let (finding, base_unknown) = match found {
+        Ok(checked) => (checked.finding, checked.base_unknown),
         Err(error) => {
             shared.metrics.registry_checked("unreachable");
             tracing::info!(%error, image, "registry check failed; Ready stays as it is");
@@ -128,31 +128,49 @@ async fn keep_in_sync(
             return Ok(Action::requeue(shared.checks.failed(&uid)));
         }
     };
-    let next = shared.checks.done(&uid);
+    // The base's registry did not answer; the tags were checked all the same.
+    let base_answered = base_unknown.is_none();
+    let counted = |result: &'static str| {
+        let result = if base_answered { result } else { "unreachable" };
+        shared.metrics.registry_checked(result);
+    };
+    let (sync, next) = match base_unknown {
+        None => (drift::Sync::in_sync(&digest), shared.checks.done(&uid)),
+        Some(error) => {
+            let from = ib.spec.from.clone().unwrap_or_default();
+            tracing::info!(%error, image, %from, "base image check failed; Ready stays as it is");
+            let message = format!(
+                "could not check the base image {from} (Ready stays as the last push left it; \
+                 trying again): {error}"
+            );
+            let sync = drift::Sync::unknown(error.reason(), message);
+            (sync, shared.checks.failed(&uid))
+        }
+    };
     match finding {
         drift::Finding::InSync => {
-            shared.metrics.registry_checked("in_sync");
-            sync_condition(ib, api, shared, drift::Sync::in_sync(&digest)).await?;
+            counted("in_sync");
+            sync_condition(ib, api, shared, sync).await?;
             Ok(Action::requeue(next))
         }
         drift::Finding::BaseMissing => {
-            shared.metrics.registry_checked("base_missing");
+            counted("base_missing");
             let from = ib.spec.from.clone().unwrap_or_default();
             sync_condition(ib, api, shared, drift::Sync::base_missing(&from)).await?;
             Ok(Action::requeue(next))
         }
         drift::Finding::TagsRestored(tags) => {
-            shared.metrics.registry_checked("tag_restored");
+            counted("tag_restored");
             for tag in &tags {
                 let note = tag.note(image, &digest);
                 tracing::info!(image, tag = %tag.tag, "tag restored");
                 status::event(&shared.recorder, ib, EventType::Normal, "TagRestored", note).await;
             }
-            sync_condition(ib, api, shared, drift::Sync::in_sync(&digest)).await?;
+            sync_condition(ib, api, shared, sync).await?;
             Ok(Action::requeue(next))
         }
         drift::Finding::BaseMoved { old, new } => {
-            shared.metrics.registry_checked("base_changed");
+            counted("base_changed");
             let from = ib.spec.from.clone().unwrap_or_default();
             let note = format!("base image {from} moved from {old} to {new}; building on it");
             tracing::info!(image, %from, %old, %new, "base image moved");
@@ -167,7 +185,7 @@ async fn keep_in_sync(
             build_again(ib, api, shared, inputs, &[]).await
         }
         drift::Finding::ImageLost(tags) => {
-            shared.metrics.registry_checked("image_lost");
+            counted("image_lost");
             tracing::info!(image, "the registry lost the image; building it again");
             build_again(ib, api, shared, inputs, &tags).await
         }
