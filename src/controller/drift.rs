@@ -18,7 +18,7 @@ use crate::api::{ImageBuild, ImageBuildStatus};
 use crate::build::{self, BuildError};
 use crate::oci::Digest;
 use crate::reference::{ImageRef, RepositoryRef};
-use crate::registry::{BaseState, RegistryAccess, RegistryClient, RegistryError, check_base};
+use crate::registry::{BaseState, RegistryAccess, RegistryClient, check_base};
 
 use super::lock;
 
@@ -173,7 +173,7 @@ impl Checks {
     }
 
     /// A client for `access`, kept from an earlier check when the access is the same.
-    fn client(&self, access: &RegistryAccess) -> Result<RegistryClient, RegistryError> {
+    fn client(&self, access: &RegistryAccess) -> Result<RegistryClient, BuildError> {
         let key = access.fingerprint();
         let now = Instant::now();
         let mut clients = lock(&self.clients);
