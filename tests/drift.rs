@@ -162,8 +162,9 @@ fn a_tag_deleted_in_gitea_or_overwritten_by_another_push_points_to_the_digest_ag
 
     // Deleted through Gitea's API: Gitea drops the manifest with the tag, so it comes back from
     // a build of the same inputs, with the same digest.
+    // (Gitea answered 204; the next check may put the tag back before a HEAD of ours could see
+    // it gone, so the proof that it was gone is the event below.)
     delete_in_gitea(env, &image, "v1");
-    assert_eq!(ctl::registry_digest(env, &image, "v1"), None);
     let started = Instant::now();
     wait_for_tag(env, &image, "v1", Some(&digest), Duration::from_secs(60));
     let restored_in = started.elapsed();
