@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -18,10 +18,12 @@ use super::lock;
 const KEEP: Duration = Duration::from_secs(600);
 
 /// Publishes events; one `Recorder` (and so one series) per object, type, reason and note.
+/// Clones share their series.
+#[derive(Clone)]
 pub struct Events {
     client: Client,
     reporter: Reporter,
-    series: Mutex<HashMap<SeriesKey, (Recorder, Instant)>>,
+    series: Arc<Mutex<HashMap<SeriesKey, (Recorder, Instant)>>>,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -41,7 +43,7 @@ impl Events {
         Self {
             client,
             reporter,
-            series: Mutex::new(HashMap::new()),
+            series: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
