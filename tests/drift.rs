@@ -41,6 +41,17 @@ fn site(ns: &str, name: &str, image: &str, body: &str, extra_spec: &str) -> Stri
     )
 }
 
+/// A ConfigMap + ImageBuild `name` (tags latest and v1) in a new namespace, applied and Ready:
+/// the namespace, the image repository and the ImageBuild as it is then.
+fn ready_site(name: &str, body: &str, extra_spec: &str) -> (ctl::Namespace, String, Value) {
+    let env = common::env();
+    let ns = ctl::namespace(&format!("drift-{name}"));
+    let image = env.gitea_image(&common::unique_name(name));
+    env.kubectl_apply(&site(&ns.name, name, &image, body, extra_spec));
+    let ib = ctl::wait_for(&ns.name, name, SETTLE, |ib| ready_digest(ib).is_some());
+    (ns, image, ib)
+}
+
 fn ready_digest(ib: &Value) -> Option<String> {
     let ready = ctl::ready(ib)?;
     (ready.0 == "True" && ib["status"]["phase"] == "Succeeded")
@@ -153,10 +164,7 @@ fn a_tag_deleted_in_gitea_or_overwritten_by_another_push_points_to_the_digest_ag
     let _serial = serial();
     let env = common::env();
     let _controller = controller("3s");
-    let ns = ctl::namespace("drift-tags");
-    let image = env.gitea_image(&common::unique_name("kept"));
-    env.kubectl_apply(&site(&ns.name, "kept", &image, "kept", ""));
-    let ib = ctl::wait_for(&ns.name, "kept", SETTLE, |ib| ready_digest(ib).is_some());
+    let (ns, image, ib) = ready_site("kept", "kept", "");
     let digest = ready_digest(&ib).expect("digest");
     assert_eq!(in_sync(&ib).map(|c| c.0).as_deref(), Some("True"), "{ib:#}");
 
@@ -279,10 +287,7 @@ fn while_gitea_is_stopped_ready_stays_and_registry_in_sync_is_unknown_until_it_i
     let _serial = serial();
     let env = common::env();
     let _controller = controller("2s");
-    let ns = ctl::namespace("drift-outage");
-    let image = env.gitea_image(&common::unique_name("outage"));
-    env.kubectl_apply(&site(&ns.name, "outage", &image, "outage", ""));
-    let ib = ctl::wait_for(&ns.name, "outage", SETTLE, |ib| ready_digest(ib).is_some());
+    let (ns, _image, ib) = ready_site("outage", "outage", "");
     let digest = ready_digest(&ib).expect("digest");
     let completed = ib["status"]["completionTime"].clone();
 

@@ -1124,6 +1124,12 @@ async fn moving_base() -> (TestServer, Arc<Mutex<MovingBase>>) {
     (server, state)
 }
 
+/// `o/base:1` on the scripted server.
+fn base_tag(server: &TestServer) -> crate::reference::ImageRef {
+    crate::reference::ImageRef::parse(&format!("127.0.0.1:{}/o/base:1", server.addr.port()))
+        .expect("reference")
+}
+
 fn index_of(children: &[(&str, &Digest)]) -> Vec<u8> {
     let manifests: Vec<serde_json::Value> = children
         .iter()
@@ -1148,9 +1154,7 @@ fn index_of(children: &[(&str, &Digest)]) -> Vec<u8> {
 async fn a_base_check_is_one_head_until_the_base_moves() {
     let (server, state) = moving_base().await;
     let client = client_for(&server, None);
-    let image =
-        crate::reference::ImageRef::parse(&format!("127.0.0.1:{}/o/base:1", server.addr.port()))
-            .expect("reference");
+    let image = base_tag(&server);
     let first = br#"{"schemaVersion":2,"layers":[]}"#.to_vec();
     let recorded = Digest::of(&first);
     state.lock().expect("state").manifest = Some((first, oci::MEDIA_TYPE_IMAGE_MANIFEST));
@@ -1183,9 +1187,7 @@ async fn a_base_check_is_one_head_until_the_base_moves() {
 async fn a_one_platform_build_sees_its_child_not_the_index() {
     let (server, state) = moving_base().await;
     let client = client_for(&server, None);
-    let image =
-        crate::reference::ImageRef::parse(&format!("127.0.0.1:{}/o/base:1", server.addr.port()))
-            .expect("reference");
+    let image = base_tag(&server);
     let (amd, arm, arm2) = (
         Digest::of(b"amd64"),
         Digest::of(b"arm64"),
@@ -1217,9 +1219,7 @@ async fn a_one_platform_build_sees_its_child_not_the_index() {
 async fn a_head_digest_that_differs_from_the_bytes_is_not_a_moved_base() {
     let (server, state) = moving_base().await;
     let client = client_for(&server, None);
-    let image =
-        crate::reference::ImageRef::parse(&format!("127.0.0.1:{}/o/base:1", server.addr.port()))
-            .expect("reference");
+    let image = base_tag(&server);
     let bytes = br#"{"schemaVersion":2}"#.to_vec();
     let recorded = Digest::of(&bytes);
     let quirk = Digest::of(b"what HEAD says");
