@@ -140,9 +140,15 @@ impl Rollouts {
         recorder: Recorder,
         changes: impl Stream<Item = (DynamicObject, ApiResource)>,
     ) {
-        // Before the ImageBuild cache has its first list, every ImageBuild looks missing.
-        if self.image_builds.wait_until_ready().await.is_err() {
-            return;
+        // Before the ImageBuild cache has its first list, every ImageBuild looks missing. Polled
+        // in short rounds: the store's readiness signal wakes only its latest waiter.
+        loop {
+            let ready = self.image_builds.wait_until_ready();
+            match tokio::time::timeout(Duration::from_millis(200), ready).await {
+                Ok(Ok(())) => break,
+                Ok(Err(_)) => return,
+                Err(_) => {}
+            }
         }
         futures::pin_mut!(changes);
         while let Some((workload, resource)) = changes.next().await {
