@@ -905,3 +905,42 @@ fn rollout_to_an_image_build_that_does_not_exist_warns_on_the_workload() {
         Some("busybox:1")
     );
 }
+
+#[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
+fn rollout_follows_an_annotation_that_moves_a_container_to_another_image_build() {
+    let env = common::env();
+    drop(start());
+    let ns = ctl::namespace("e2e-rollout-move");
+    for (name, body) in [("one", "first"), ("two", "second")] {
+        let image = env.gitea_image(&common::unique_name(name));
+        env.kubectl_apply(&site_manifests(&ns, name, &image, body, ""));
+    }
+    let one = image_ref(&ctl::wait_settled(&ns, "one", SETTLE));
+    let two = image_ref(&ctl::wait_settled(&ns, "two", SETTLE));
+    let web = |images: &str| {
+        workload_manifest(
+            &ns,
+            "Deployment",
+            "web",
+            images,
+            &[("site", "busybox:1")],
+            &[],
+        )
+    };
+    env.kubectl_apply(&web("site=one"));
+    wait_image(&ns, "deployment", "web", "site", &one);
+    ctl::wait_for(&ns, "one", SETTLE, |ib| {
+        ib["status"]["rollouts"]
+            .as_array()
+            .is_some_and(|r| r.len() == 1)
+    });
+
+    // kubectl's apply leaves the image to the rollout's manager (it did not change it).
+    env.kubectl_apply(&web("site=two"));
+    wait_image(&ns, "deployment", "web", "site", &two);
+    ctl::wait_for(&ns, "two", SETTLE, |ib| {
+        ib["status"]["rollouts"][0]["name"] == "web"
+    });
+    ctl::wait_for(&ns, "one", SETTLE, |ib| ib["status"]["rollouts"].is_null());
+}

@@ -279,9 +279,10 @@ fn watch_workloads(
         let stream = stream.inspect_ok(move |workload| {
             let _ = changed.unbounded_send((workload.clone(), kind.clone()));
         });
+        let (rollouts, kind) = (rollouts.clone(), resource.kind.clone());
         controller = controller.watches_stream_with(
             stream,
-            |workload| rollout::Rollouts::image_builds_of(&workload),
+            move |workload| rollouts.image_builds_of(&kind, &workload),
             resource,
         );
     }

@@ -77,6 +77,8 @@ pub struct Rollouts {
     /// The last problem reported per workload, so a reconcile that finds the same problem
     /// again does not repeat its events.
     reported: Mutex<HashMap<String, String>>,
+    /// The ImageBuilds each workload named when last seen.
+    named: Mutex<HashMap<String, Vec<String>>>,
 }
 
 /// A watch of one workload kind, to feed `Controller::watches_stream_with`.
@@ -117,16 +119,27 @@ impl Rollouts {
             kinds,
             image_builds,
             reported: Mutex::new(HashMap::new()),
+            named: Mutex::new(HashMap::new()),
         });
         (rollouts, streams)
     }
 
-    /// The ImageBuilds (same namespace) a changed workload names; those that do not exist get a
-    /// Warning event on the workload from `warn_missing`.
-    pub fn image_builds_of(workload: &DynamicObject) -> Vec<ObjectRef<ImageBuild>> {
+    /// The ImageBuilds (same namespace) a changed workload of `kind` names, and those it named
+    /// before the change, so an ImageBuild it no longer names drops it from `status.rollouts`.
+    /// Those that do not exist get a Warning event on the workload from `warn_missing`.
+    pub fn image_builds_of(
+        &self,
+        kind: &str,
+        workload: &DynamicObject,
+    ) -> Vec<ObjectRef<ImageBuild>> {
         let namespace = workload.namespace().unwrap_or_default();
-        let json = serde_json::to_value(workload).unwrap_or_default();
-        plan::named_image_builds(&json)
+        let key = workload_key(kind, &namespace, &workload.name_any());
+        let mut names = plan::named_image_builds(images_annotation(workload));
+        let before = super::lock(&self.named).insert(key, names.clone());
+        names.extend(before.unwrap_or_default());
+        names.sort();
+        names.dedup();
+        names
             .into_iter()
             .map(|name| ObjectRef::new(&name).within(&namespace))
             .collect()
@@ -156,12 +169,7 @@ impl Rollouts {
                 continue;
             }
             let namespace = workload.namespace().unwrap_or_default();
-            let json = serde_json::to_value(&workload).unwrap_or_default();
-            let annotation = json
-                .pointer("/metadata/annotations")
-                .and_then(|a| a.get(IMAGES_ANNOTATION))
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or_default();
+            let annotation = images_annotation(&workload).unwrap_or_default();
             let problem = match plan::parse_images(annotation) {
                 Err(error) => Some(Problem::Annotation(error)),
                 Ok(entries) => entries
@@ -223,8 +231,7 @@ impl Rollouts {
                 {
                     continue;
                 }
-                let json = serde_json::to_value(workload.as_ref()).unwrap_or_default();
-                if plan::named_image_builds(&json)
+                if plan::named_image_builds(images_annotation(&workload))
                     .iter()
                     .any(|n| n == image_build)
                 {
@@ -423,6 +430,15 @@ fn ready_image(ib: &ImageBuild) -> Option<(String, String)> {
         return None;
     }
     Some((status.image_ref.clone()?, status.digest.clone()?))
+}
+
+fn images_annotation(workload: &DynamicObject) -> Option<&str> {
+    workload
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(IMAGES_ANNOTATION)
+        .map(String::as_str)
 }
 
 fn workload_key(kind: &str, namespace: &str, name: &str) -> String {

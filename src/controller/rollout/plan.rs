@@ -261,14 +261,10 @@ fn container_images(pod_spec: &Value) -> BTreeMap<&str, (&'static str, &str)> {
     images
 }
 
-/// The ImageBuild names the annotation of `workload` mentions (none when it cannot be read).
-pub fn named_image_builds(workload: &Value) -> Vec<String> {
-    let annotation = workload
-        .pointer("/metadata/annotations")
-        .and_then(|a| a.get(IMAGES_ANNOTATION))
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    parse_images(annotation)
+/// The ImageBuild names an `imagebuild.dev/images` annotation mentions (none when it cannot be
+/// read, or is absent).
+pub fn named_image_builds(annotation: Option<&str>) -> Vec<String> {
+    parse_images(annotation.unwrap_or_default())
         .map(|entries| entries.into_iter().map(|e| e.image_build).collect())
         .unwrap_or_default()
 }
@@ -510,6 +506,6 @@ mod tests {
             plan(WorkloadKind::DaemonSet, &web, ready),
             Err(Problem::Annotation(AnnotationError::Empty))
         );
-        assert!(named_image_builds(&web).is_empty());
+        assert!(named_image_builds(None).is_empty());
     }
 }
