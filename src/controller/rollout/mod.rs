@@ -182,7 +182,12 @@ impl Rollouts {
                         image_build: e.image_build,
                     }),
             };
-            let key = workload_key(&resource.kind, &namespace, &workload.name_any());
+            // Apart from the reconcile's reports: a workload change that fixes the annotation's
+            // names must not make a wrong container name be reported again.
+            let key = format!(
+                "{} (names)",
+                workload_key(&resource.kind, &namespace, &workload.name_any())
+            );
             match problem {
                 Some(problem) => {
                     let note = problem.to_string();
