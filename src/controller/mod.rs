@@ -218,6 +218,11 @@ async fn controller(
     let workloads = options
         .rollouts
         .then(|| rollout::Rollouts::watch(&client, store.clone()));
+    if workloads.is_none() {
+        tracing::info!(
+            "rollouts are off (--rollouts=false): workloads are neither watched nor written"
+        );
+    }
     let cm_store = store.clone();
     let secret_store = store;
     let secret_shared = shared.clone();
