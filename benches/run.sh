@@ -17,6 +17,10 @@
 #               (linux/amd64 + linux/arm64 children sharing the layer), runs alternating, on
 #               the same two-platform base index; the ratio of the two, and the same pairs on a
 #               one-file context (the second platform's fixed cost)
+#   rollout     on the test node (tests/env/node-up.sh): a ConfigMap edit -> a new Pod of the
+#               opted-in Deployment printing the new file (the controller rolls the new digest
+#               out), N times (median, p95), and the rebuild (edit -> new status.imageRef) apart.
+#               Not in the default set: BENCH_SECTIONS=rollout benches/run.sh
 #
 #   benches/run.sh                                  # everything, tables on stdout
 #   BENCH_SECTIONS="push warm" benches/run.sh       # some sections only
@@ -26,6 +30,7 @@
 #                                                   # (shared machine: never start or stop it)
 #   BENCH_SERIAL=50 BENCH_MANY=200 benches/run.sh   # controller run counts (these defaults)
 #   BENCH_SIZES=small benches/run.sh                # cold pushes of the ~20 MB context only
+#   BENCH_ROLLOUTS=10 BENCH_SECTIONS=rollout benches/run.sh   # edits timed in rollout
 #
 # Results go to stdout and target/bench/results/ (raw timings, logs, stage timers). The
 # machine is shared: read cpu seconds (user+sys) and the ratios between rows of one run, not
@@ -45,6 +50,7 @@ platform_runs=${BENCH_PLATFORM_RUNS:-10}
 sizes=${BENCH_SIZES:-"large small"}
 serial=${BENCH_SERIAL:-50}
 many=${BENCH_MANY:-200}
+rollouts=${BENCH_ROLLOUTS:-10}
 bench=$repo/target/bench
 results=$bench/results
 work=$bench/work
@@ -53,6 +59,8 @@ mkdir -p "$results" "$work"
 
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 has_section() { [[ " $sections " == *" $1 "* ]]; }
+# The sections that push the generated contexts (they need the build_layer binary and the base).
+needs_contexts() { has_section push || has_section warm || has_section profile || has_section platforms; }
 
 cleanup_steps=()
 cleanup() {
@@ -82,7 +90,8 @@ install_tools() {
   fi
   log "building imagebuild and the build_layer benchmark (release)"
   timeout 1800 cargo build --release --bin imagebuild >&2
-  imagebuild=$repo/target/release/imagebuild
+  imagebuild=${CARGO_TARGET_DIR:-$repo/target}/release/imagebuild
+  needs_contexts || return 0
   layer_bench=$(timeout 1800 cargo bench --bench build_layer --no-run --message-format=json 2>/dev/null |
     jq -r 'select(.reason == "compiler-artifact" and .target.name == "build_layer")
       | .executable // empty' | tail -1)
@@ -661,12 +670,13 @@ section_checks() {
   # The controller stops first, so Gitea's log and cpu during crane's round are crane's alone.
   kill "$controller_pid" 2>/dev/null || true
   wait "$controller_pid" 2>/dev/null || true
-  h1=$(heads_now)
+  controller_pid=""
+  local h2 crane_heads
+  h2=$(heads_now)
   log "checks: crane digest of each image"
   timed crane-digests bash -c 'while read -r ref; do "$1" digest "$ref" >/dev/null || exit 1; done <"$2"' \
     crane "$crane" "$work/check-refs.txt"
-  local crane_heads
-  crane_heads=$(($(heads_now) - h1))
+  crane_heads=$(($(heads_now) - h2))
   {
     echo
     echo "## Registry checks: $checks_count Ready ImageBuilds ($all in the cluster), interval 10 s, 60 s measured"
@@ -686,18 +696,147 @@ section_checks() {
   } | tee -a "$results/summary.md"
 }
 
+# ConfigMap edit -> a new Pod printing the new file, on the test node. The release controller
+# runs on this host (start_controller); the Deployment opts in with the rollout label and
+# annotation and starts on busybox; each edit is timed until the ImageBuild names a new digest
+# (the rebuild) and until a Pod running that digest has printed the edited file. Each poll is a
+# kubectl call (its cost is printed), so the figures are upper bounds by about that much.
+rollout_manifests() { # NS BODY
+  cat <<EOF
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: site-src, namespace: $1}
+data: {index.html: "$2"}
+---
+apiVersion: imagebuild.dev/v1alpha1
+kind: ImageBuild
+metadata: {name: site, namespace: $1}
+spec:
+  context: {configMaps: [{name: site-src}]}
+  from: $IMAGEBUILD_TEST_BUSYBOX_IMAGE
+  destinationPath: /srv
+  image: $gitea/$owner/bench-$run_id-rollout
+  tags: [latest]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: site
+  namespace: $1
+  labels: {imagebuild.dev/rollout: "true"}
+  annotations: {imagebuild.dev/images: site=site}
+spec:
+  selector: {matchLabels: {app: site}}
+  template:
+    metadata: {labels: {app: site}}
+    spec:
+      automountServiceAccountToken: false
+      terminationGracePeriodSeconds: 1
+      securityContext: {runAsNonRoot: true, runAsUser: 65532, seccompProfile: {type: RuntimeDefault}}
+      containers:
+      - name: site
+        image: $IMAGEBUILD_TEST_BUSYBOX_IMAGE
+        command: [sh, -c, "cat /srv/index.html; echo; exec sleep 3600"]
+        securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+        resources: {limits: {cpu: 100m, memory: 32Mi}}
+EOF
+}
+
+# The Pod in NS running REF that has printed BODY, if any.
+printing_pod() { # NS REF BODY
+  local name
+  for name in $(kubectl get pods -n "$1" -l app=site -o json | jq -r --arg r "$2" \
+    '.items[] | select(.spec.containers[0].image == $r and .status.phase == "Running") | .metadata.name'); do
+    if kubectl logs -n "$1" "$name" 2>/dev/null | grep -qF "$3"; then
+      echo "$name"
+      return 0
+    fi
+  done
+  return 0
+}
+
+# median, p95, fastest and slowest of the numbers in FILE, one line.
+stats() { # FILE
+  sort -n "$1" | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+    p = v[int(NR * 0.95 + 0.999)]; printf "%.2f s (p95 %.2f, fastest %.2f, slowest %.2f)", m, p, v[1], v[NR] }'
+}
+
+section_rollout() {
+  if ! bash tests/env/node-up.sh --check >/dev/null 2>&1; then
+    if [ -n "${BENCH_REQUIRE_ENV:-}" ]; then
+      echo "benches/run.sh: the test node is not up (BENCH_REQUIRE_ENV: not starting it)" >&2
+      exit 1
+    fi
+    log "rollout: starting the test node"
+    timeout 3600 bash tests/env/node-up.sh >&2
+    cleanup_steps+=("bash '$repo/tests/env/node-down.sh' >&2")
+  fi
+  # shellcheck disable=SC1091
+  source target/testenv/node.sh
+  [ -n "${controller_pid:-}" ] || start_controller
+  local ns=bench-rollout-$run_id i start built done_at ref previous="" body pod deadline
+  kubectl create namespace "$ns" >/dev/null
+  cleanup_steps+=("timeout 300 kubectl delete namespace '$ns' --wait=false >/dev/null 2>&1")
+  start=$(date +%s.%N)
+  kubectl get namespace "$ns" >/dev/null
+  kubectl_cost=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.3f", e - s }')
+  : >"$results/rollout-build.txt"
+  : >"$results/rollout-pod.txt"
+  # Edit 0 is the first build and the Deployment's first rollout; not counted.
+  for ((i = 0; i <= rollouts; i++)); do
+    body="rollout $run_id edit $i"
+    log "rollout: edit $i of $rollouts"
+    rollout_manifests "$ns" "$body" >"$work/rollout.yaml"
+    start=$(date +%s.%N)
+    kubectl apply -f "$work/rollout.yaml" >/dev/null
+    deadline=$((SECONDS + 300))
+    ref=""
+    while ((SECONDS < deadline)); do
+      ref=$(kubectl get imagebuild site -n "$ns" -o json | jq -r 'select(.status.phase == "Succeeded"
+        and .status.observedGeneration == .metadata.generation) | .status.imageRef // empty')
+      [ -n "$ref" ] && [ "$ref" != "$previous" ] && break
+      ref=""
+      sleep 0.1
+    done
+    [ -n "$ref" ] || { echo "benches/run.sh: edit $i was not built in 300 s" >&2; exit 1; }
+    built=$(date +%s.%N)
+    pod=""
+    while ((SECONDS < deadline)); do
+      pod=$(printing_pod "$ns" "$ref" "$body")
+      [ -n "$pod" ] && break
+      sleep 0.1
+    done
+    [ -n "$pod" ] || { echo "benches/run.sh: no Pod of $ref printed edit $i in 300 s" >&2; exit 1; }
+    done_at=$(date +%s.%N)
+    previous=$ref
+    ((i == 0)) && continue
+    awk -v s="$start" -v e="$built" 'BEGIN { printf "%.3f\n", e - s }' >>"$results/rollout-build.txt"
+    awk -v s="$start" -v e="$done_at" 'BEGIN { printf "%.3f\n", e - s }' >>"$results/rollout-pod.txt"
+  done
+  {
+    echo
+    echo "## Rollout on the test node (release controller on this host, $rollouts ConfigMap edits)"
+    echo "| measure | median of $rollouts |"
+    echo "|---|---:|"
+    echo "| ConfigMap edit -> new status.imageRef (rebuild) | $(stats "$results/rollout-build.txt") |"
+    echo "| ConfigMap edit -> new Pod printing the new file | $(stats "$results/rollout-pod.txt") |"
+    echo "| one kubectl call (each poll makes one to three) | ${kubectl_cost} s |"
+  } | tee -a "$results/summary.md"
+}
+
 install_tools
 start_env
-prepare_contexts
+needs_contexts && prepare_contexts
 {
   echo "# benches/run.sh $run_id, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores"
   echo "load before: $(cut -d' ' -f1-3 /proc/loadavg); crane $crane_version; $(skopeo --version); $(umoci --version)"
 } | tee "$results/summary.md"
-push_base
+needs_contexts && push_base
 has_section push && section_push
 has_section warm && section_warm
 has_section controller && section_controller
 has_section profile && section_profile
 has_section platforms && section_platforms
 has_section checks && section_checks
+has_section rollout && section_rollout
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$results/summary.md"

@@ -340,6 +340,11 @@ pub struct ImageBuildStatus {
     /// When `digest` names an image index: each child's platform and manifest digest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub platforms: Vec<PlatformDigest>,
+    /// Workloads whose containers this controller set to `imageRef`: Deployments,
+    /// StatefulSets and DaemonSets of this namespace labelled `imagebuild.dev/rollout: "true"`
+    /// that name this ImageBuild in their `imagebuild.dev/images` annotation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollouts: Vec<Rollout>,
     /// Bytes of config and layers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
@@ -368,6 +373,22 @@ pub struct PlatformDigest {
     /// `os/arch[/variant]`.
     pub platform: String,
     /// The child's manifest digest.
+    pub digest: String,
+}
+
+/// One container of a workload running this ImageBuild's image.
+#[derive(
+    KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub kind: String,
+    /// The workload's name, in the ImageBuild's namespace.
+    pub name: String,
+    /// The container (or init container) whose `image` is `imageRef`.
+    pub container: String,
+    /// The manifest digest the container runs.
     pub digest: String,
 }
 

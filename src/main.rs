@@ -132,6 +132,11 @@ struct ControllerArgs {
     /// (default {"requests":{"cpu":"10m","memory":"16Mi"},"limits":{"cpu":"500m","memory":"64Mi"}}).
     #[arg(long, env = "IMAGEBUILD_READER_RESOURCES")]
     reader_resources: Option<String>,
+    /// Set the images of opted-in Deployments, StatefulSets and DaemonSets to each new digest
+    /// (label imagebuild.dev/rollout="true", annotation imagebuild.dev/images). With
+    /// --rollouts=false workloads are neither watched nor written.
+    #[arg(long, env = "IMAGEBUILD_ROLLOUTS", default_value_t = true, action = clap::ArgAction::Set)]
+    rollouts: bool,
 }
 
 #[derive(Args)]
@@ -220,6 +225,7 @@ async fn run(command: Command) -> Result<(), cli::Failure> {
                 work_dir: args.work_dir,
                 readers,
                 registry_check_interval: args.registry_check_interval.0,
+                rollouts: args.rollouts,
             };
             controller::run(options)
                 .await

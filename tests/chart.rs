@@ -170,8 +170,51 @@ fn cluster_role_grants_exactly_the_verbs_the_controller_uses() {
             rule(&[""], &["pods"], &["list", "watch", "create", "delete"]),
             rule(&[""], &["persistentvolumeclaims"], &["get"]),
             rule(&["events.k8s.io"], &["events"], &["list"]),
+            rule(
+                &["apps"],
+                &["deployments", "statefulsets", "daemonsets"],
+                &["get", "list", "watch", "patch"]
+            ),
         ])
     );
+}
+
+/// The rules that name workloads of group `apps`.
+fn workload_rules(objects: &[Value]) -> Vec<Value> {
+    the(objects, "ClusterRole")["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter(|r| {
+            r["apiGroups"]
+                .as_array()
+                .is_some_and(|g| g.contains(&json!("apps")))
+        })
+        .cloned()
+        .collect()
+}
+
+#[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
+fn rollouts_get_exactly_get_list_watch_patch_on_the_three_workload_kinds_and_the_flag_on() {
+    let objects = render(&[]);
+    assert_eq!(
+        workload_rules(&objects),
+        vec![rule(
+            &["apps"],
+            &["deployments", "statefulsets", "daemonsets"],
+            &["get", "list", "watch", "patch"]
+        )]
+    );
+    assert!(args(&objects).contains(&"--rollouts=true".to_owned()));
+}
+
+#[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
+fn without_rollouts_the_controller_has_no_rights_on_workloads_and_is_told_so() {
+    let objects = render(&["--set", "rollout.enabled=false"]);
+    assert_eq!(workload_rules(&objects), Vec::<Value>::new());
+    assert!(args(&objects).contains(&"--rollouts=false".to_owned()));
 }
 
 #[test]
@@ -191,7 +234,11 @@ fn cluster_role_grants_nothing_on_pods_without_pvc_contexts() {
         })
         .collect();
     assert!(on_pods.is_empty(), "rules on pods: {on_pods:?}");
-    assert_eq!(rules.len(), 6);
+    assert_eq!(
+        rules.len(),
+        7,
+        "the six of every install and the workloads' one"
+    );
 }
 
 #[test]

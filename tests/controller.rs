@@ -598,3 +598,349 @@ fn a_two_platform_build_reports_the_index_and_its_children_as_the_cli_builds_the
     );
     assert_eq!(local.trim(), digest);
 }
+
+/// An opted-in workload of `kind` with containers `[(name, image)]` and init containers, naming
+/// its ImageBuilds in `images`.
+fn workload_manifest(
+    ns: &str,
+    kind: &str,
+    name: &str,
+    images: &str,
+    containers: &[(&str, &str)],
+    init: &[(&str, &str)],
+) -> String {
+    let list = |items: &[(&str, &str)]| {
+        items
+            .iter()
+            .map(|(c, i)| format!("{{name: {c}, image: \"{i}\"}}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let service = if kind == "StatefulSet" {
+        format!("serviceName: {name}")
+    } else {
+        String::new()
+    };
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: {kind}
+metadata:
+  name: {name}
+  namespace: {ns}
+  labels: {{imagebuild.dev/rollout: "true"}}
+  annotations: {{imagebuild.dev/images: "{images}"}}
+spec:
+  {service}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers: [{containers}]
+      initContainers: [{init}]
+"#,
+        containers = list(containers),
+        init = list(init),
+    )
+}
+
+fn get_workload(ns: &str, kind: &str, name: &str) -> serde_json::Value {
+    let text = common::env().kubectl(&[
+        "get",
+        kind,
+        name,
+        "-n",
+        ns,
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]);
+    serde_json::from_str(&text).expect("workload json")
+}
+
+/// The image of container `container` (or init container) of a workload.
+fn container_image(workload: &serde_json::Value, container: &str) -> Option<String> {
+    ["containers", "initContainers"]
+        .iter()
+        .filter_map(|list| workload["spec"]["template"]["spec"][list].as_array())
+        .flatten()
+        .find(|c| c["name"] == container)
+        .and_then(|c| c["image"].as_str())
+        .map(str::to_owned)
+}
+
+/// Waits until the container of the workload runs `image`.
+fn wait_image(ns: &str, kind: &str, name: &str, container: &str, image: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let workload = get_workload(ns, kind, name);
+        if container_image(&workload, container).as_deref() == Some(image) {
+            return workload;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{kind} {ns}/{name}: container {container} never ran {image}: {workload:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn image_ref(ib: &serde_json::Value) -> String {
+    ib["status"]["imageRef"]
+        .as_str()
+        .expect("status.imageRef")
+        .to_owned()
+}
+
+/// Waits until an event of `reason` about `name` exists; returns its note.
+fn wait_event(ns: &str, name: &str, type_: &str, reason: &str) -> String {
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let events = ctl::events(ns, name);
+        if let Some((_, _, note, _)) = events.iter().find(|(t, r, _, _)| t == type_ && r == reason)
+        {
+            return note.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {type_} {reason} event about {name}: {events:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
+fn rollout_sets_a_labelled_deployment_to_each_new_digest_by_server_side_apply() {
+    let env = common::env();
+    drop(start());
+    let ns = ctl::namespace("e2e-rollout");
+    let image = env.gitea_image(&common::unique_name("roll"));
+    env.kubectl_apply(&site_manifests(&ns, "roll", &image, "one", ""));
+    env.kubectl_apply(&workload_manifest(
+        &ns,
+        "Deployment",
+        "web",
+        "site=roll",
+        &[("site", "busybox:1"), ("sidecar", "sidecar:2")],
+        &[],
+    ));
+    let first = ctl::wait_settled(&ns, "roll", SETTLE);
+    let first_ref = image_ref(&first);
+    let web = wait_image(&ns, "deployment", "web", "site", &first_ref);
+    assert_eq!(
+        container_image(&web, "sidecar").as_deref(),
+        Some("sidecar:2"),
+        "the other container is left alone"
+    );
+    // The image field, and nothing else, belongs to the rollout's field manager.
+    let managed = web["metadata"]["managedFields"]
+        .as_array()
+        .expect("managedFields");
+    let ours: Vec<&serde_json::Value> = managed
+        .iter()
+        .filter(|m| m["manager"] == "imagebuild-rollout")
+        .collect();
+    assert_eq!(ours.len(), 1, "{managed:#?}");
+    assert_eq!(ours[0]["operation"], "Apply");
+    let containers = &ours[0]["fieldsV1"]["f:spec"]["f:template"]["f:spec"]["f:containers"];
+    assert_eq!(
+        containers,
+        &serde_json::json!({r#"k:{"name":"site"}"#: {".": {}, "f:image": {}, "f:name": {}}}),
+        "{managed:#?}"
+    );
+    let ib = ctl::wait_for(&ns, "roll", SETTLE, |ib| {
+        ib["status"]["rollouts"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+    });
+    assert_eq!(
+        ib["status"]["rollouts"],
+        serde_json::json!([{"kind": "Deployment", "name": "web", "container": "site",
+                            "digest": first["status"]["digest"]}])
+    );
+    let note = wait_event(&ns, "roll", "Normal", "RolledOut");
+    assert!(
+        note.contains("Deployment web") && note.contains(&first_ref),
+        "{note}"
+    );
+
+    // A new build of edited files is rolled out too.
+    env.kubectl_apply(&site_manifests(&ns, "roll", &image, "two", ""));
+    let edited = ctl::wait_for(&ns, "roll", SETTLE, |ib| {
+        ib["status"]["phase"] == "Succeeded"
+            && ib["status"]["imageRef"].as_str() != Some(&first_ref)
+    });
+    let second_ref = image_ref(&edited);
+    wait_image(&ns, "deployment", "web", "site", &second_ref);
+    ctl::wait_for(&ns, "roll", SETTLE, |ib| {
+        ib["status"]["rollouts"][0]["digest"] == edited["status"]["digest"]
+    });
+}
+
+#[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
+fn rollout_reaches_statefulsets_init_containers_and_workloads_created_after_the_build() {
+    let env = common::env();
+    drop(start());
+    let ns = ctl::namespace("e2e-rollout-kinds");
+    let image = env.gitea_image(&common::unique_name("kinds"));
+    env.kubectl_apply(&site_manifests(&ns, "kinds", &image, "files", ""));
+    let ib = ctl::wait_settled(&ns, "kinds", SETTLE);
+    let reference = image_ref(&ib);
+
+    // Both created after the build is Ready.
+    env.kubectl_apply(&workload_manifest(
+        &ns,
+        "StatefulSet",
+        "db",
+        "data = kinds",
+        &[("main", "busybox:1")],
+        &[("data", "busybox:1")],
+    ));
+    env.kubectl_apply(&workload_manifest(
+        &ns,
+        "DaemonSet",
+        "agent",
+        "agent=kinds",
+        &[("agent", "busybox:1")],
+        &[],
+    ));
+    let db = wait_image(&ns, "statefulset", "db", "data", &reference);
+    assert_eq!(container_image(&db, "main").as_deref(), Some("busybox:1"));
+    wait_image(&ns, "daemonset", "agent", "agent", &reference);
+    let digest = ib["status"]["digest"].clone();
+    let ib = ctl::wait_for(&ns, "kinds", SETTLE, |ib| {
+        ib["status"]["rollouts"]
+            .as_array()
+            .is_some_and(|r| r.len() == 2)
+    });
+    assert_eq!(
+        ib["status"]["rollouts"],
+        serde_json::json!([
+            {"kind": "DaemonSet", "name": "agent", "container": "agent", "digest": digest},
+            {"kind": "StatefulSet", "name": "db", "container": "data", "digest": digest},
+        ])
+    );
+}
+
+#[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
+fn rollout_with_a_wrong_container_name_warns_on_both_objects_and_writes_nothing() {
+    let env = common::env();
+    drop(start());
+    let ns = ctl::namespace("e2e-rollout-typo");
+    let image = env.gitea_image(&common::unique_name("typo"));
+    env.kubectl_apply(&site_manifests(&ns, "typo", &image, "x", ""));
+    let ib = ctl::wait_settled(&ns, "typo", SETTLE);
+    assert_eq!(ctl::ready(&ib).map(|r| r.0).as_deref(), Some("True"));
+    env.kubectl_apply(&workload_manifest(
+        &ns,
+        "Deployment",
+        "web",
+        // One right entry, one wrong: neither is written.
+        "site=typo,stie=typo",
+        &[("site", "busybox:1")],
+        &[],
+    ));
+    let before = get_workload(&ns, "deployment", "web");
+    let note = wait_event(&ns, "web", "Warning", "RolloutFailed");
+    assert!(note.contains("\"stie\""), "{note}");
+    let about_ib = wait_event(&ns, "typo", "Warning", "RolloutFailed");
+    assert!(
+        about_ib.contains("Deployment") && about_ib.contains("web"),
+        "{about_ib}"
+    );
+    // Give a late write its chance to show.
+    std::thread::sleep(Duration::from_secs(3));
+    let after = get_workload(&ns, "deployment", "web");
+    assert_eq!(
+        container_image(&after, "site").as_deref(),
+        Some("busybox:1")
+    );
+    assert_eq!(
+        after["metadata"]["generation"],
+        before["metadata"]["generation"]
+    );
+    let managers: Vec<&serde_json::Value> = after["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| &m["manager"])
+        .collect();
+    assert!(
+        !managers.contains(&&serde_json::json!("imagebuild-rollout")),
+        "{managers:?}"
+    );
+    assert_eq!(
+        ctl::get_ib(&ns, "typo")["status"]["rollouts"],
+        serde_json::Value::Null
+    );
+}
+
+#[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
+fn rollout_to_an_image_build_that_does_not_exist_warns_on_the_workload() {
+    let env = common::env();
+    drop(start());
+    let ns = ctl::namespace("e2e-rollout-missing");
+    env.kubectl_apply(&workload_manifest(
+        &ns,
+        "Deployment",
+        "web",
+        "site=nowhere",
+        &[("site", "busybox:1")],
+        &[],
+    ));
+    let before = get_workload(&ns, "deployment", "web");
+    let note = wait_event(&ns, "web", "Warning", "RolloutFailed");
+    assert!(note.contains("\"nowhere\""), "{note}");
+    let after = get_workload(&ns, "deployment", "web");
+    assert_eq!(
+        after["metadata"]["generation"],
+        before["metadata"]["generation"]
+    );
+    assert_eq!(
+        container_image(&after, "site").as_deref(),
+        Some("busybox:1")
+    );
+}
+
+#[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
+fn rollout_follows_an_annotation_that_moves_a_container_to_another_image_build() {
+    let env = common::env();
+    drop(start());
+    let ns = ctl::namespace("e2e-rollout-move");
+    for (name, body) in [("one", "first"), ("two", "second")] {
+        let image = env.gitea_image(&common::unique_name(name));
+        env.kubectl_apply(&site_manifests(&ns, name, &image, body, ""));
+    }
+    let one = image_ref(&ctl::wait_settled(&ns, "one", SETTLE));
+    let two = image_ref(&ctl::wait_settled(&ns, "two", SETTLE));
+    let web = |images: &str| {
+        workload_manifest(
+            &ns,
+            "Deployment",
+            "web",
+            images,
+            &[("site", "busybox:1")],
+            &[],
+        )
+    };
+    env.kubectl_apply(&web("site=one"));
+    wait_image(&ns, "deployment", "web", "site", &one);
+    ctl::wait_for(&ns, "one", SETTLE, |ib| {
+        ib["status"]["rollouts"]
+            .as_array()
+            .is_some_and(|r| r.len() == 1)
+    });
+
+    // kubectl's apply leaves the image to the rollout's manager (it did not change it).
+    env.kubectl_apply(&web("site=two"));
+    wait_image(&ns, "deployment", "web", "site", &two);
+    ctl::wait_for(&ns, "two", SETTLE, |ib| {
+        ib["status"]["rollouts"][0]["name"] == "web"
+    });
+    ctl::wait_for(&ns, "one", SETTLE, |ib| ib["status"]["rollouts"].is_null());
+}

@@ -30,8 +30,14 @@ impl Manifest {
     }
 }
 
+/// The example files, and the example directories that are kustomizations (their files are
+/// kustomize's input; what they stand for is `kubectl kustomize DIR`).
 fn example_files() -> Vec<PathBuf> {
     fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+        if dir.join("kustomization.yaml").is_file() {
+            found.push(dir.to_path_buf());
+            return;
+        }
         for entry in std::fs::read_dir(dir).expect("read examples dir") {
             let path = entry.expect("dir entry").path();
             if path.is_dir() {
@@ -48,10 +54,19 @@ fn example_files() -> Vec<PathBuf> {
     found
 }
 
+/// `kubectl kustomize DIR` with the pinned kubectl.
+fn kustomize(dir: &Path) -> String {
+    common::run_ok(common::env().cmd("kubectl").arg("kustomize").arg(dir))
+}
+
 fn manifests() -> Vec<Manifest> {
     let mut all = Vec::new();
     for file in example_files() {
-        let text = std::fs::read_to_string(&file).expect("read example");
+        let text = if file.is_dir() {
+            kustomize(&file)
+        } else {
+            std::fs::read_to_string(&file).expect("read example")
+        };
         for doc in imagebuild::yaml::documents(&text) {
             let object = doc.unwrap_or_else(|e| panic!("{} does not parse: {e}", file.display()));
             all.push(Manifest {
@@ -179,6 +194,54 @@ fn hello_site_is_a_scratch_image_with_two_tags_and_a_nested_file() {
         .as_array()
         .expect("items");
     assert!(items.iter().any(|i| i["path"] == "assets/app.js"));
+}
+
+#[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
+fn kustomize_writes_the_hashed_configmap_name_into_the_imagebuild_and_a_new_one_per_edit() {
+    let names = |dir: &Path| {
+        let text = kustomize(dir);
+        let objects: Vec<Value> = imagebuild::yaml::documents(&text)
+            .into_iter()
+            .map(|d| d.expect("kustomize output parses"))
+            .collect();
+        let of = |kind: &str| {
+            objects
+                .iter()
+                .find(|o| o["kind"] == kind)
+                .unwrap_or_else(|| panic!("no {kind} in {text}"))
+        };
+        let generated = of("ConfigMap")["metadata"]["name"]
+            .as_str()
+            .expect("ConfigMap name")
+            .to_owned();
+        let named = of("ImageBuild")["spec"]["context"]["configMaps"][0]["name"]
+            .as_str()
+            .expect("configMaps[0].name")
+            .to_owned();
+        (generated, named)
+    };
+    let example = common::repo_root().join("examples/kustomize");
+    let (generated, named) = names(&example);
+    assert!(
+        generated.starts_with("site-src-") && generated.len() > "site-src-".len(),
+        "not a hash-suffixed name: {generated}"
+    );
+    assert_eq!(
+        named, generated,
+        "the ImageBuild names the generated ConfigMap"
+    );
+
+    // An edited file is a new ConfigMap name, and so a new ImageBuild spec: a rebuild.
+    let copy = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(&example).expect("example dir") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, copy.path().join(path.file_name().expect("name"))).expect("copy");
+    }
+    std::fs::write(copy.path().join("index.html"), "<h1>edited</h1>\n").expect("edit");
+    let (edited, named_after_edit) = names(copy.path());
+    assert_ne!(edited, generated);
+    assert_eq!(named_after_edit, edited);
 }
 
 /// The kinds a bare API server serves; Argo CD's objects are checked by the other tests only.

@@ -1,6 +1,8 @@
 //! The Argo CD health check of examples/argocd/health.lua, run by the real Lua interpreter
 //! (`lua5.4`, installed by tests/env/install-deps.sh) on sample ImageBuild objects, the way
-//! Argo CD runs it: the object as the global `obj`, only Argo CD's libraries available.
+//! Argo CD runs it: the object as the global `obj`, only Argo CD's libraries available. Every
+//! case also runs in gopher-lua (Lua 5.1, the engine Argo CD embeds) through tests/lua/gopher,
+//! and the two must agree.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,13 +21,25 @@ fn health_script() -> PathBuf {
 }
 
 /// What Argo CD would show for `obj`.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 struct Health {
     status: String,
     message: String,
 }
 
+/// What Argo CD would show for `obj`, from the script run by both engines, which must agree:
+/// lua5.4, and gopher-lua (Lua 5.1) as Argo CD embeds it.
 fn health(obj: &Value) -> Health {
+    let reference = health_lua54(obj);
+    let argo = health_gopher(obj);
+    assert_eq!(
+        argo, reference,
+        "gopher-lua (Argo CD's engine) differs from lua5.4"
+    );
+    argo
+}
+
+fn health_lua54(obj: &Value) -> Health {
     let out = Command::new("lua5.4")
         .arg("-e")
         .arg(format!("obj = {}", lua_literal(obj)))
@@ -33,10 +47,56 @@ fn health(obj: &Value) -> Health {
         .arg(health_script())
         .output()
         .expect("lua5.4 runs (install it with tests/env/install-deps.sh)");
+    read_health("lua5.4", &out)
+}
+
+/// Runs the script in gopher-lua, Argo CD's Lua engine, through tests/lua/gopher.
+fn health_gopher(obj: &Value) -> Health {
+    use std::io::Write;
+    let mut child = Command::new(gopher_health())
+        .arg(health_script())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("gopher-health runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(obj.to_string().as_bytes())
+        .expect("write the object");
+    let out = child.wait_with_output().expect("gopher-health ends");
+    read_health("gopher-lua", &out)
+}
+
+/// tests/lua/gopher built once per test binary with `go build` (gopher-lua from the Go module
+/// proxy, pinned in its go.mod and go.sum) into this test's target directory.
+fn gopher_health() -> &'static Path {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        let binary = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gopher-health");
+        let out = Command::new("timeout")
+            .args(["600", "go", "build", "-o"])
+            .arg(&binary)
+            .arg(".")
+            .current_dir(repo_root().join("tests/lua/gopher"))
+            .output()
+            .expect("go runs (Go is a prerequisite of the test environment)");
+        assert!(
+            out.status.success(),
+            "go build tests/lua/gopher failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        binary
+    })
+}
+
+fn read_health(engine: &str, out: &std::process::Output) -> Health {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "health.lua failed: {}{stdout}",
+        "health.lua failed in {engine}: {}{stdout}",
         String::from_utf8_lossy(&out.stderr)
     );
     let (status, message) = stdout

@@ -149,6 +149,7 @@ fn the_service_account_may_do_exactly_what_the_controller_needs() {
     ]));
     let values: Value = serde_json::from_str(&values).expect("helm values");
     let pvc = values["pvcContexts"]["enabled"].as_bool().unwrap_or(false);
+    let rollout = values["rollout"]["enabled"].as_bool().unwrap_or(false);
     let sa = &installed.service_account;
     let ns = "default";
     let mut needed = vec![
@@ -179,6 +180,13 @@ fn the_service_account_may_do_exactly_what_the_controller_needs() {
             ("get", "persistentvolumeclaims"),
             ("list", "events.events.k8s.io"),
         ]);
+    }
+    let workloads = ["deployments.apps", "statefulsets.apps", "daemonsets.apps"];
+    if rollout {
+        // Opted-in workloads are watched and get one image by server-side apply.
+        for resource in workloads {
+            needed.extend(["get", "list", "watch", "patch"].map(|verb| (verb, resource)));
+        }
     }
     let mut refused = vec![
         ("create", "imagebuilds.imagebuild.dev"),
@@ -213,7 +221,6 @@ fn the_service_account_may_do_exactly_what_the_controller_needs() {
         ("create", "namespaces"),
         ("delete", "namespaces"),
         ("delete", "events.events.k8s.io"),
-        ("create", "deployments.apps"),
         ("create", "roles.rbac.authorization.k8s.io"),
         ("create", "rolebindings.rbac.authorization.k8s.io"),
         ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
@@ -231,6 +238,19 @@ fn the_service_account_may_do_exactly_what_the_controller_needs() {
     if !pvc {
         refused.extend([("create", "pods"), ("get", "persistentvolumeclaims")]);
     }
+    // Workloads are never created, replaced or deleted; without rollouts not even read.
+    for resource in workloads {
+        refused.extend(
+            ["create", "update", "delete", "deletecollection"].map(|verb| (verb, resource)),
+        );
+        if !rollout {
+            refused.extend(["get", "list", "watch", "patch"].map(|verb| (verb, resource)));
+        }
+    }
+    refused.extend([
+        ("patch", "replicasets.apps"),
+        ("create", "deployments.apps/scale"),
+    ]);
     let mut wrong = Vec::new();
     for (verb, resource) in &needed {
         if !can(sa, verb, resource, ns) {

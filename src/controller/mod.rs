@@ -11,6 +11,7 @@ pub mod inputs;
 pub mod leader;
 pub mod pvc;
 pub mod reconcile;
+pub mod rollout;
 pub mod secrets;
 pub mod status;
 pub mod upload;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::ApiResource;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::Reporter;
@@ -55,6 +57,8 @@ pub struct Options {
     /// How often each Succeeded ImageBuild's base and tags are checked in the registry; `None`
     /// turns the checks off.
     pub registry_check_interval: Option<Duration>,
+    /// Roll new digests out to opted-in workloads (and watch them); `false` leaves them alone.
+    pub rollouts: bool,
 }
 
 /// Why the controller could not start.
@@ -169,7 +173,7 @@ pub async fn run(options: Options) -> Result<(), StartError> {
     let stop = async move {
         let _ = stop_rx.await;
     };
-    controller(client, shared, health, options.concurrency, stop).await;
+    controller(client, shared, health, &options, stop).await;
     Ok(())
 }
 
@@ -177,9 +181,10 @@ async fn controller(
     client: Client,
     shared: Arc<Shared>,
     health: Health,
-    concurrency: u16,
+    options: &Options,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let concurrency = options.concurrency;
     let builds: Api<ImageBuild> = Api::all(client.clone());
     let controller = Controller::new(builds, watcher::Config::default().any_semantic())
         .with_config(
@@ -219,10 +224,18 @@ async fn controller(
     )
     .inspect_ok(move |event| secret_cache.secrets.observe(event))
     .touched_objects();
+    let workloads = options
+        .rollouts
+        .then(|| rollout::Rollouts::watch(&client, store.clone()));
+    if workloads.is_none() {
+        tracing::info!(
+            "rollouts are off (--rollouts=false): workloads are neither watched nor written"
+        );
+    }
     let cm_store = store.clone();
     let secret_store = store;
     let secret_shared = shared.clone();
-    controller
+    let controller = controller
         .watches_stream(config_maps, move |cm| {
             users_of_config_map(
                 &cm_store,
@@ -237,15 +250,57 @@ async fn controller(
                 &secret.namespace().unwrap_or_default(),
                 &secret.name_any(),
             )
-        })
+        });
+    let (controller, rollouts) = match workloads {
+        Some((rollouts, streams)) => (
+            watch_workloads(controller, &rollouts, streams, &shared),
+            Some(rollouts),
+        ),
+        None => (controller, None),
+    };
+    controller
         .graceful_shutdown_on(stop)
-        .run(reconcile::reconcile, reconcile::error_policy, shared)
+        .run(
+            move |ib, shared| rollout::reconcile_and_roll_out(ib, shared, rollouts.clone()),
+            reconcile::error_policy,
+            shared,
+        )
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "reconcile ended with an error");
             }
         })
         .await;
+}
+
+/// Reconciles the ImageBuilds an opted-in workload names whenever it changes, and has the
+/// workloads that name no existing ImageBuild told so.
+fn watch_workloads(
+    mut controller: Controller<ImageBuild>,
+    rollouts: &Arc<rollout::Rollouts>,
+    streams: Vec<(rollout::WorkloadStream, ApiResource)>,
+    shared: &Arc<Shared>,
+) -> Controller<ImageBuild> {
+    let (changed, changes) = futures::channel::mpsc::unbounded();
+    tokio::spawn(
+        rollouts
+            .clone()
+            .warn_missing(shared.recorder.clone(), changes),
+    );
+    for (stream, resource) in streams {
+        let changed = changed.clone();
+        let kind = resource.clone();
+        let stream = stream.inspect_ok(move |workload| {
+            let _ = changed.unbounded_send((workload.clone(), kind.clone()));
+        });
+        let (rollouts, kind) = (rollouts.clone(), resource.kind.clone());
+        controller = controller.watches_stream_with(
+            stream,
+            move |workload| rollouts.image_builds_of(&kind, &workload),
+            resource,
+        );
+    }
+    controller
 }
 
 /// ImageBuilds whose context names ConfigMap `namespace/name`.
