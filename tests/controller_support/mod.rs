@@ -37,6 +37,16 @@ pub fn install_chart() -> &'static Installed {
                                    "usernameKey": "username", "passwordKey": "password"},
         }]);
         let chart = common::repo_root().join("charts/imagebuild");
+        // Helm installs the chart's CRDs on the first install only; an environment kept from
+        // an older checkout gets this checkout's schema (status fields included) here.
+        let crd = chart.join("crds/imagebuild.dev_imagebuilds.yaml");
+        env.kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &crd.to_string_lossy(),
+        ]);
         common::run_ok(env.cmd("helm").args([
             "upgrade",
             "--install",
