@@ -245,6 +245,14 @@ impl Store {
         append_bytes(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)
             .map_err(&write)?;
         append_bytes(&mut tar, "index.json", &index_bytes).map_err(&write)?;
+        // Directory entries too: some readers (oci-image-tool) look for them.
+        for dir in ["blobs/", "blobs/sha256/"] {
+            let mut header = entry_header(0);
+            header.set_mode(0o755);
+            header.set_entry_type(tar::EntryType::Directory);
+            tar.append_data(&mut header, dir, std::io::empty())
+                .map_err(&write)?;
+        }
         for blob in &blobs {
             let path = self.blob_path(&blob.digest);
             let file = fs::File::open(&path).map_err(io("read", &path))?;
