@@ -667,3 +667,49 @@ fn the_store_after_concurrent_builds_tags_and_removals_is_a_valid_oci_layout() {
         );
     }
 }
+
+#[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
+fn a_flag_build_pushed_to_gitea_reports_as_json_what_the_registry_serves() {
+    let env = common::env();
+    let target = gitea(env);
+    let work = work_dir();
+    let context = work.path().join("site");
+    write_context(&context);
+    let repository = target.repo(&common::unique_name("flags"));
+    let out = target.run(
+        work.path(),
+        &[
+            "build",
+            context.to_str().expect("utf8"),
+            "-t",
+            &format!("{repository}:v1"),
+            "-t",
+            &format!("{repository}:v2"),
+            "--env",
+            "MODE=prod",
+            "--push",
+            "--output-format",
+            "json",
+        ],
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout_ok(&out)).expect("json");
+    assert_eq!(
+        report["refs"],
+        serde_json::json!([format!("{repository}:v1"), format!("{repository}:v2")])
+    );
+    let creds = format!("{}:{}", target.user, target.password);
+    for tag in ["v1", "v2"] {
+        let served = env
+            .raw_manifest(&target.ca, &creds, &format!("{repository}:{tag}"))
+            .expect("served");
+        assert_eq!(
+            format!("sha256:{}", common_sha256(&served)),
+            report["digest"]
+        );
+    }
+    assert!(
+        !store_of(work.path()).exists(),
+        "a push leaves the local store alone"
+    );
+}
