@@ -1,5 +1,12 @@
-//! The command-line workflow: `build`, `push`, `list`, `tag`, `crd`. Registry flags, reading an
-//! ImageBuild file, and turning every failure into one line and an exit code.
+//! The command-line workflow: `build`, `push`, `list`, `tag`, `delete`, the local image store's
+//! `images`, `rmi` and `save`, `crd`. Registry flags, reading an ImageBuild file, and turning
+//! every failure into one line and an exit code.
+
+mod local;
+mod spec_flags;
+
+pub use local::{images, remove_image, save};
+pub use spec_flags::{SpecFlagError, SpecFlags};
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -16,6 +23,7 @@ use crate::layer::LayerCache;
 use crate::oci::BlobLocation;
 use crate::reference::{ImageRef, RepositoryRef};
 use crate::registry::{CredentialPolicy, Credentials, GivenCredentials, canonical_host};
+use crate::store::{Store, StoreError};
 
 /// Exit codes, one per kind of failure, so scripts can tell them apart.
 pub mod exit {
@@ -76,6 +84,96 @@ impl From<BuildError> for Failure {
             message: error.to_string(),
         }
     }
+}
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Self {
+        let code = if error.is_input() {
+            exit::INPUT
+        } else if error.is_not_found() {
+            exit::NOT_FOUND
+        } else {
+            exit::OTHER
+        };
+        Self {
+            code,
+            message: error.to_string(),
+        }
+    }
+}
+
+impl From<SpecFlagError> for Failure {
+    fn from(error: SpecFlagError) -> Self {
+        Self::input(error.to_string())
+    }
+}
+
+/// How a command reports: notes and progress on stderr, the result on stdout.
+#[derive(Args, Debug, Clone, Copy, Default)]
+pub struct OutputFlags {
+    /// Print only the result (digest, reference, names): no notes, no progress.
+    #[arg(short = 'q', long, global = true)]
+    pub quiet: bool,
+    /// `json` prints the result of build, images and list as one JSON document, for scripts.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    pub output_format: OutputFormat,
+}
+
+/// `--output-format`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl OutputFlags {
+    /// A line on stderr for a person watching, unless `--quiet`.
+    pub fn note(&self, message: std::fmt::Arguments<'_>) {
+        if !self.quiet {
+            eprintln!("imagebuild: {message}");
+        }
+    }
+
+    pub fn json(&self) -> bool {
+        self.output_format == OutputFormat::Json
+    }
+
+    /// Progress of uploads: on a terminal, unless `--quiet`.
+    fn progress(&self) -> std::sync::Arc<dyn crate::registry::Progress> {
+        if self.quiet {
+            crate::registry::no_progress()
+        } else {
+            progress()
+        }
+    }
+
+    fn finish_progress(&self) {
+        if !self.quiet {
+            finish_progress();
+        }
+    }
+}
+
+/// Prints `value` as JSON on stdout.
+fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Failure {
+        code: exit::OTHER,
+        message: format!("cannot write the result as JSON: {e}"),
+    })?;
+    println!("{text}");
+    Ok(())
+}
+
+/// What `build --output-format json` prints.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BuildReport {
+    /// The image's (or index's) digest.
+    pub digest: String,
+    /// Bytes of configs and layers, each blob counted once.
+    pub size: u64,
+    /// `host/owner/name:tag` for each tag.
+    pub refs: Vec<String>,
 }
 
 impl From<ClusterError> for Failure {
@@ -330,20 +428,69 @@ pub fn print_crd() -> Result<(), Failure> {
 
 /// What `imagebuild build` was asked to do.
 pub struct BuildRequest {
-    pub file: PathBuf,
+    /// `-f FILE`: an ImageBuild file.
+    pub file: Option<PathBuf>,
+    /// `DIR`: the context directory.
+    pub dir: Option<PathBuf>,
+    /// `--context DIR`, the older spelling of `DIR`.
     pub context: Option<PathBuf>,
+    /// The spec flags (`-t`, `--from`, ...), over the file's spec when there is one.
+    pub spec: SpecFlags,
     pub output: Option<PathBuf>,
     pub push: bool,
     /// Whether a push may skip building a layer recorded in the user's layer cache.
     pub cache: bool,
 }
 
-/// `imagebuild build`: the controller's builder on local inputs; prints the digest (or, with
-/// `--push`, `image@digest`).
-pub async fn build(request: BuildRequest, flags: &RegistryFlags) -> Result<(), Failure> {
-    let file = read_build_file(&request.file)?;
-    let source = file.context(request.context.as_deref())?;
-    let spec = file.image_build.spec;
+impl BuildRequest {
+    /// The spec to build (the file's with the flags over it, or the flags' alone) and where
+    /// its files come from.
+    pub fn spec_and_source(&self) -> Result<(crate::api::ImageBuildSpec, ContextSource), Failure> {
+        let dir = match (&self.dir, &self.context) {
+            (Some(_), Some(_)) => {
+                return Err(Failure::input(
+                    "give the context directory once: as DIR or as --context DIR",
+                ));
+            }
+            (dir, context) => dir.as_deref().or(context.as_deref()),
+        };
+        match &self.file {
+            Some(path) => {
+                let file = read_build_file(path)?;
+                let source = file.context(dir)?;
+                Ok((self.spec.apply(Some(file.image_build.spec))?, source))
+            }
+            None => {
+                let dir = dir.ok_or_else(|| {
+                    Failure::input(
+                        "name the directory to build (imagebuild build DIR -t REF) or an ImageBuild file (-f FILE)",
+                    )
+                })?;
+                Ok((
+                    self.spec.apply(None)?,
+                    ContextSource::Directory(dir.to_owned()),
+                ))
+            }
+        }
+    }
+}
+
+/// `host/owner/name:tag` for each tag of `spec`.
+fn image_refs(spec: &crate::api::ImageBuildSpec) -> Result<Vec<String>, Failure> {
+    spec.tags
+        .iter()
+        .map(|tag| Ok(crate::store::image_name(&format!("{}:{tag}", spec.image))?))
+        .collect()
+}
+
+/// `imagebuild build`: the controller's builder on local inputs; keeps the image in the local
+/// store (or writes `--output`, or pushes); prints the digest (with `--push`, `image@digest`).
+pub async fn build(
+    request: BuildRequest,
+    flags: &RegistryFlags,
+    out: &OutputFlags,
+) -> Result<(), Failure> {
+    let (spec, source) = request.spec_and_source()?;
     let hosts = BuildHosts::of(&spec)?;
     let (target, base) = if request.push || spec.from.is_some() {
         let registries = flags.registries(&hosts.target).await?;
@@ -356,7 +503,17 @@ pub async fn build(request: BuildRequest, flags: &RegistryFlags) -> Result<(), F
     } else {
         (RegistryAccess::anonymous(&hosts.target), None)
     };
-    let scratch = tempfile::tempdir().map_err(BuildError::WorkDir)?;
+    let refs = image_refs(&spec)?;
+    // Without --output or --push the image goes to the local store; its layer is written in
+    // the store's scratch directory, on the file system of its blobs.
+    let store = match (&request.output, request.push) {
+        (None, false) => Some(Store::open_default()?),
+        _ => None,
+    };
+    let scratch = match &store {
+        Some(store) => store.scratch()?,
+        None => tempfile::tempdir().map_err(BuildError::WorkDir)?,
+    };
     let work_dir = match &request.output {
         Some(dir) => crate::layout::blobs_dir(dir).map_err(BuildError::from)?,
         None => scratch.path().to_path_buf(),
@@ -376,16 +533,32 @@ pub async fn build(request: BuildRequest, flags: &RegistryFlags) -> Result<(), F
             .flatten(),
     };
     let mut prepared = crate::build::build_image(&job).await?;
+    let report = BuildReport {
+        digest: prepared.image.digest().to_string(),
+        size: prepared.image.size(),
+        refs,
+    };
     if let Some(dir) = &request.output {
         crate::build::fetch_base_layers(&mut prepared, &job.work_dir).await?;
         crate::layout::write(dir, &prepared.image, &job.spec.tags).map_err(BuildError::from)?;
-        eprintln!(
-            "imagebuild: wrote {} ({} bytes) to {}",
+        out.note(format_args!(
+            "wrote {} ({} bytes) to {}",
             job.spec.tags.join(", "),
-            prepared.image.size(),
+            report.size,
             dir.display()
-        );
+        ));
     }
+    if let Some(store) = &store {
+        crate::build::fetch_base_layers(&mut prepared, &job.work_dir).await?;
+        store.add(&prepared.image, &report.refs)?;
+        out.note(format_args!(
+            "stored {} ({} bytes) in {}",
+            report.refs.join(", "),
+            report.size,
+            store.root().display()
+        ));
+    }
+    let mut result = report.digest.clone();
     if request.push {
         if let Some(layer) = prepared
             .image
@@ -394,35 +567,71 @@ pub async fn build(request: BuildRequest, flags: &RegistryFlags) -> Result<(), F
             .and_then(|image| image.layers.last())
             .filter(|l| l.location == BlobLocation::Target)
         {
-            eprintln!(
-                "imagebuild: the context is unchanged since its layer {} was pushed; not building it again (--no-cache builds it)",
+            out.note(format_args!(
+                "the context is unchanged since its layer {} was pushed; not building it again (--no-cache builds it)",
                 layer.descriptor.digest
-            );
+            ));
         }
-        let pushed = crate::build::push_image(&job, prepared, progress()).await?;
-        finish_progress();
+        let pushed = crate::build::push_image(&job, prepared, out.progress()).await?;
+        out.finish_progress();
         let overlap = match pushed.uploaded_while_building {
             0 => String::new(),
             n => format!(", {n} of them while the layer was written"),
         };
-        eprintln!(
-            "imagebuild: pushed {} as {} ({} bytes uploaded{overlap})",
+        out.note(format_args!(
+            "pushed {} as {} ({} bytes uploaded{overlap})",
             job.spec.image,
             pushed.tags.join(", "),
             pushed.bytes_uploaded
-        );
-        println!("{}", pushed.image_ref);
-    } else {
-        println!("{}", prepared.image.digest());
+        ));
+        result = pushed.image_ref;
     }
-    Ok(())
+    if out.json() {
+        print_json(&report)
+    } else {
+        println!("{result}");
+        Ok(())
+    }
 }
 
-/// `imagebuild push LAYOUT[:TAG] REF`.
-pub async fn push(layout: &str, reference: &str, flags: &RegistryFlags) -> Result<(), Failure> {
-    let (dir, tag) = split_layout_arg(layout);
-    let image = crate::layout::read(Path::new(dir), tag).map_err(BuildError::from)?;
-    let reference = ImageRef::parse(reference).map_err(BuildError::from)?;
+/// Whether `arg` (`DIR` or `DIR:TAG`) names an OCI image layout directory rather than an image
+/// of the local store.
+fn is_layout(arg: &str) -> bool {
+    let (dir, _) = split_layout_arg(arg);
+    Path::new(dir).join("oci-layout").is_file()
+}
+
+/// `imagebuild push LAYOUT[:TAG] REF` (an OCI image layout) or `imagebuild push NAME [REF]` (an
+/// image of the local store, to its own name by default).
+pub async fn push(
+    source: &str,
+    destination: Option<&str>,
+    flags: &RegistryFlags,
+    out: &OutputFlags,
+) -> Result<(), Failure> {
+    let (image, destination) = if is_layout(source) {
+        let destination = destination.ok_or_else(|| {
+            Failure::input(format!(
+                "{source} is an OCI image layout; name where to push it: imagebuild push {source} host/owner/name:tag"
+            ))
+        })?;
+        let (dir, tag) = split_layout_arg(source);
+        let image = crate::layout::read(Path::new(dir), tag).map_err(BuildError::from)?;
+        (image, destination.to_owned())
+    } else if Path::new(split_layout_arg(source).0).is_dir() {
+        return Err(Failure::input(format!(
+            "{source} is a directory but not an OCI image layout (it has no oci-layout file)"
+        )));
+    } else {
+        let store = Store::open_default()?;
+        let image = store.read(source)?;
+        let destination = match destination {
+            Some(destination) => destination.to_owned(),
+            None => crate::store::image_name(source)?,
+        };
+        (image, destination)
+    };
+    let reference = ImageRef::parse(&destination).map_err(BuildError::from)?;
     let tags: Vec<String> = reference.tag.iter().cloned().collect();
     let tags = if tags.is_empty() && reference.digest.is_none() {
         vec!["latest".to_owned()]
@@ -436,15 +645,15 @@ pub async fn push(layout: &str, reference: &str, flags: &RegistryFlags) -> Resul
         &image,
         &tags,
         None,
-        progress(),
+        out.progress(),
     )
     .await
     .map_err(BuildError::from)?;
-    finish_progress();
-    eprintln!(
-        "imagebuild: {} bytes uploaded, {} blobs already there",
+    out.finish_progress();
+    out.note(format_args!(
+        "{} bytes uploaded, {} blobs already there",
         report.bytes_uploaded, report.blobs_skipped
-    );
+    ));
     println!(
         "{}/{}@{}",
         reference.registry, reference.repository, report.manifest_digest
@@ -464,22 +673,50 @@ async fn client_for(
         .map_err(BuildError::from)?)
 }
 
+/// What `list --output-format json` prints.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TagList {
+    /// `host/owner/name`.
+    pub repository: String,
+    pub tags: Vec<String>,
+}
+
 /// `imagebuild list REPO`: one tag a line.
-pub async fn list(repository: &str, flags: &RegistryFlags) -> Result<(), Failure> {
+pub async fn list(
+    repository: &str,
+    flags: &RegistryFlags,
+    out: &OutputFlags,
+) -> Result<(), Failure> {
     let repository = RepositoryRef::parse(repository).map_err(BuildError::from)?;
     let client = client_for(flags, &repository.registry).await?;
     let tags = client
         .list_tags(&repository.repository)
         .await
         .map_err(BuildError::from)?;
+    if out.json() {
+        return print_json(&TagList {
+            repository: format!("{}/{}", repository.registry, repository.repository),
+            tags,
+        });
+    }
     for tag in tags {
         println!("{tag}");
     }
     Ok(())
 }
 
-/// `imagebuild tag REF NEWTAG`: the same manifest under another tag; prints its digest.
-pub async fn tag(reference: &str, new_tag: &str, flags: &RegistryFlags) -> Result<(), Failure> {
+/// `imagebuild tag SOURCE TARGET`: in the local store when it holds SOURCE (TARGET a full name,
+/// or a tag of SOURCE's repository); else in the registry, the same manifest under the tag
+/// TARGET without re-uploading. Prints the digest.
+pub async fn tag(
+    reference: &str,
+    new_tag: &str,
+    flags: &RegistryFlags,
+    out: &OutputFlags,
+) -> Result<(), Failure> {
+    if let Some(store) = Store::open_default().ok().filter(|s| s.contains(reference)) {
+        return local::tag(&store, reference, new_tag, out);
+    }
     let reference = ImageRef::parse(reference).map_err(BuildError::from)?;
     let client = client_for(flags, &reference.registry).await?;
     let digest = client
@@ -487,6 +724,54 @@ pub async fn tag(reference: &str, new_tag: &str, flags: &RegistryFlags) -> Resul
         .await
         .map_err(BuildError::from)?;
     println!("{digest}");
+    Ok(())
+}
+
+/// `imagebuild delete REF`: removes a tag (or, for `@sha256:...`, the manifest) from its
+/// registry; prints what it removed. The distribution registry deletes only by digest, so
+/// there every tag of that manifest goes with it.
+pub async fn delete(
+    reference: &str,
+    flags: &RegistryFlags,
+    out: &OutputFlags,
+) -> Result<(), Failure> {
+    let reference = ImageRef::parse(reference).map_err(BuildError::from)?;
+    let client = client_for(flags, &reference.registry).await?;
+    let repository = format!("{}/{}", reference.registry, reference.repository);
+    let not_found = |what: &str| Failure {
+        code: exit::NOT_FOUND,
+        message: format!(
+            "{repository}{what} is not in the registry; `imagebuild list {repository}` shows its tags"
+        ),
+    };
+    match (&reference.digest, &reference.tag) {
+        (Some(digest), _) => {
+            client
+                .delete_manifest(&reference.repository, digest.as_str())
+                .await
+                .map_err(|e| match e {
+                    crate::registry::RegistryError::ImageNotFound { .. } => {
+                        not_found(&format!("@{digest}"))
+                    }
+                    e => BuildError::from(e).into(),
+                })?;
+            println!("deleted {repository}@{digest}");
+        }
+        (None, tag) => {
+            let tag = tag.as_deref().unwrap_or("latest");
+            let digest = client
+                .head_manifest(&reference.repository, tag)
+                .await
+                .map_err(BuildError::from)?
+                .ok_or_else(|| not_found(&format!(":{tag}")))?;
+            client
+                .delete_tag(&reference.repository, tag)
+                .await
+                .map_err(BuildError::from)?;
+            out.note(format_args!("{repository}:{tag} pointed at {digest}"));
+            println!("deleted {repository}:{tag}");
+        }
+    }
     Ok(())
 }
 

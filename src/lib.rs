@@ -11,6 +11,7 @@ pub mod controller;
 pub mod crd;
 pub mod metrics;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod transfer;
 pub mod yaml;

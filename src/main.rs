@@ -1,13 +1,13 @@
-//! The `imagebuild` command: the controller, and the build / push / list / tag workflow for use
-//! outside the cluster. Each subcommand is a thin call into the library.
+//! The `imagebuild` command: the controller, and the build / images / push / list / tag / delete
+//! workflow for use outside the cluster. Each subcommand is a thin call into the library.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use imagebuild::cli::{self, RegistryFlags};
+use imagebuild::cli::{self, OutputFlags, RegistryFlags};
 use imagebuild::controller;
 use imagebuild::controller::pvc::{ReaderFlags, ReaderSettings};
 use imagebuild::transfer;
@@ -21,20 +21,27 @@ use imagebuild::transfer;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    output: OutputFlags,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the ImageBuild controller (in-cluster config or KUBECONFIG).
     Controller(ControllerArgs),
-    /// Build the ImageBuild in FILE with the controller's builder; write an OCI layout or push.
+    /// Build DIR (or the ImageBuild in FILE) with the controller's builder; keep the image in
+    /// the local store, write an OCI layout, or push.
     Build(BuildArgs),
-    /// Push an OCI image layout to a registry.
+    /// List the images of the local store.
+    Images,
+    /// Push an image of the local store, or an OCI image layout, to a registry.
     Push {
-        /// OCI image layout directory (optionally LAYOUT:TAG to pick one of several tags).
-        layout: String,
-        /// Destination, e.g. gitea.cnoe.localtest.me:8443/giteaadmin/hello:latest
-        reference: String,
+        /// A local image (host/owner/name:tag), or an OCI image layout directory (optionally
+        /// LAYOUT:TAG to pick one of several tags).
+        source: String,
+        /// Destination, e.g. gitea.cnoe.localtest.me:8443/giteaadmin/hello:latest (default for
+        /// a local image: its own name).
+        reference: Option<String>,
         #[command(flatten)]
         registry: RegistryFlags,
     },
@@ -53,15 +60,38 @@ enum Command {
         #[command(flatten)]
         registry: RegistryFlags,
     },
-    /// Add a tag to an image already in the registry, without uploading anything.
+    /// Give a local image another name; or add a tag to an image already in the registry,
+    /// without uploading anything.
     Tag {
-        /// Existing image, e.g. host/owner/app:latest or host/owner/app@sha256:...
+        /// Existing image: a local name, or host/owner/app:latest or host/owner/app@sha256:...
         reference: String,
-        /// The new tag.
+        /// The new tag (for a local image also a whole name, host/owner/name:tag).
         new_tag: String,
         #[command(flatten)]
         registry: RegistryFlags,
     },
+    /// Remove a name from the local store, and the blobs no other name uses.
+    Rmi {
+        /// Local image, e.g. gitea.cnoe.localtest.me:8443/giteaadmin/hello:latest
+        reference: String,
+    },
+    /// Write a local image as an OCI archive (a tar of an OCI image layout).
+    Save {
+        /// Local image, e.g. gitea.cnoe.localtest.me:8443/giteaadmin/hello:latest
+        reference: String,
+        /// The archive to write.
+        #[arg(short = 'o', long = "output", value_name = "FILE.tar")]
+        archive: PathBuf,
+    },
+    /// Delete a tag (or, with @sha256:..., a manifest) from a registry.
+    Delete {
+        /// e.g. host/owner/app:old or host/owner/app@sha256:...
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryFlags,
+    },
+    /// Print a shell completion script: imagebuild completion bash > /etc/bash_completion.d/imagebuild
+    Completion { shell: clap_complete::Shell },
     /// Print the ImageBuild CustomResourceDefinition YAML.
     Crd,
     /// Send a directory to the controller as a build context (what reader Pods of
@@ -141,16 +171,21 @@ struct ControllerArgs {
 
 #[derive(Args)]
 struct BuildArgs {
-    /// File with the ImageBuild (and, optionally, its ConfigMaps as further YAML documents).
+    /// The directory whose files make the image's layer.
+    dir: Option<PathBuf>,
+    /// File with the ImageBuild (and, optionally, its ConfigMaps as further YAML documents);
+    /// flags given with it override it.
     #[arg(short = 'f', long = "file")]
-    file: PathBuf,
+    file: Option<PathBuf>,
     /// Directory to use as the build context instead of the ConfigMaps in FILE.
     #[arg(long)]
     context: Option<PathBuf>,
-    /// Write an OCI image layout here.
-    #[arg(long, required_unless_present = "push")]
+    #[command(flatten)]
+    spec: cli::SpecFlags,
+    /// Write an OCI image layout here (instead of the local store).
+    #[arg(long)]
     output: Option<PathBuf>,
-    /// Push to spec.image with spec.tags.
+    /// Push to the image's registry (instead of the local store).
     #[arg(long)]
     push: bool,
     /// Build the layer even when an unchanged --context directory was pushed before (by
@@ -192,7 +227,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(cli.command, cli.output)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("imagebuild: {}", failure.message);
@@ -201,7 +236,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> Result<(), cli::Failure> {
+async fn run(command: Command, out: OutputFlags) -> Result<(), cli::Failure> {
     match command {
         Command::Controller(args) => {
             let identity = args.identity.unwrap_or_else(cli::host_name);
@@ -234,22 +269,25 @@ async fn run(command: Command) -> Result<(), cli::Failure> {
         Command::Build(args) => {
             let request = cli::BuildRequest {
                 file: args.file,
+                dir: args.dir,
                 context: args.context,
+                spec: args.spec,
                 output: args.output,
                 push: args.push,
                 cache: !args.no_cache,
             };
-            cli::build(request, &args.registry).await
+            cli::build(request, &args.registry, &out).await
         }
+        Command::Images => cli::images(&out),
         Command::Push {
-            layout,
+            source,
             reference,
             registry,
-        } => cli::push(&layout, &reference, &registry).await,
+        } => cli::push(&source, reference.as_deref(), &registry, &out).await,
         Command::List {
             repository,
             registry,
-        } => cli::list(&repository, &registry).await,
+        } => cli::list(&repository, &registry, &out).await,
         Command::Inspect {
             reference,
             registry,
@@ -258,7 +296,22 @@ async fn run(command: Command) -> Result<(), cli::Failure> {
             reference,
             new_tag,
             registry,
-        } => cli::tag(&reference, &new_tag, &registry).await,
+        } => cli::tag(&reference, &new_tag, &registry, &out).await,
+        Command::Rmi { reference } => cli::remove_image(&reference, &out),
+        Command::Save { reference, archive } => cli::save(&reference, &archive, &out),
+        Command::Delete {
+            reference,
+            registry,
+        } => cli::delete(&reference, &registry, &out).await,
+        Command::Completion { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "imagebuild",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::Crd => cli::print_crd(),
         Command::SendContext(args) => send_context(args).await,
     }

@@ -16,6 +16,8 @@ packages=(
 	docker-registry apache2-utils
 	# OCI clients used as judges by the tests
 	skopeo umoci pigz tar
+	# judges the local image store (imagebuild images/tag/rmi) as an OCI image layout
+	oci-image-tool
 	# certificates, HTTP checks
 	openssl curl ca-certificates
 	# building Gitea (cgo for sqlite) and general tooling

@@ -271,18 +271,65 @@ fn write_index(dir: &Path, built: &Built, tags: &[String]) -> Result<(), LayoutE
         manifests.push(entry(None));
     }
     manifests.extend(tags.iter().map(|t| entry(Some(t))));
-    let index = Index {
-        schema_version: 2,
-        media_type: Some(oci::MEDIA_TYPE_IMAGE_INDEX.to_owned()),
-        manifests,
-        annotations: BTreeMap::new(),
-    };
-    let bytes = serde_json::to_vec(&index).map_err(|source| LayoutError::Json {
+    replace_index(dir, &empty_index(manifests))
+}
+
+/// The layout's `index.json` (an empty index when the layout has none yet).
+pub fn read_index(dir: &Path) -> Result<Index, LayoutError> {
+    let path = dir.join(INDEX_FILE);
+    if !path.exists() {
+        return Ok(empty_index(Vec::new()));
+    }
+    read_json(dir, &path, INDEX_FILE)
+}
+
+/// Replaces the layout's `index.json` (through a temporary file, so readers see the old or the
+/// new one whole). The blobs its entries name must be in the layout already.
+pub fn replace_index(dir: &Path, index: &Index) -> Result<(), LayoutError> {
+    let bytes = serde_json::to_vec(index).map_err(|source| LayoutError::Json {
         what: INDEX_FILE.into(),
         dir: dir.to_owned(),
         source,
     })?;
-    write_atomically(&path, &bytes)
+    write_atomically(&dir.join(INDEX_FILE), &bytes)
+}
+
+/// The descriptors of every blob `descriptor` needs (itself; for an index, its children; for
+/// an image manifest, its config and layers), read from the layout at `dir`.
+pub fn blobs_of(dir: &Path, descriptor: &Descriptor) -> Result<Vec<Descriptor>, LayoutError> {
+    let blobs = dir.join("blobs").join("sha256");
+    let mut found = vec![descriptor.clone()];
+    if is_index(&descriptor.media_type) {
+        let bytes = read_blob(&blobs, &descriptor.digest)?;
+        let listed: Index = serde_json::from_slice(&bytes).map_err(|source| LayoutError::Json {
+            what: format!("the image index {}", descriptor.digest),
+            dir: dir.to_owned(),
+            source,
+        })?;
+        for child in &listed.manifests {
+            found.extend(blobs_of(dir, child)?);
+        }
+    } else if is_image_manifest(&descriptor.media_type) {
+        let bytes = read_blob(&blobs, &descriptor.digest)?;
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|source| LayoutError::Json {
+                what: format!("the manifest {}", descriptor.digest),
+                dir: dir.to_owned(),
+                source,
+            })?;
+        found.push(manifest.config);
+        found.extend(manifest.layers);
+    }
+    Ok(found)
+}
+
+fn empty_index(manifests: Vec<Descriptor>) -> Index {
+    Index {
+        schema_version: 2,
+        media_type: Some(oci::MEDIA_TYPE_IMAGE_INDEX.to_owned()),
+        manifests,
+        annotations: BTreeMap::new(),
+    }
 }
 
 fn check_layout_file(dir: &Path) -> Result<(), LayoutError> {

@@ -214,7 +214,9 @@ impl RegistryClient {
             .await
     }
 
-    async fn delete_manifest(
+    /// Deletes the manifest at `reference`: a digest (every registry), or a tag where the
+    /// registry deletes by tag (Gitea). [`Self::delete_tag`] works on both kinds.
+    pub async fn delete_manifest(
         &self,
         repository: &str,
         reference: &str,
