@@ -45,59 +45,33 @@ fn stdout_ok(out: &Output) -> String {
 }
 
 /// Which registry a test pushes to.
-struct Target {
-    host: String,
-    owner: String,
-    ca: PathBuf,
-    user: String,
-    password: String,
-}
+use common::targets::Target;
 
 fn gitea(env: &TestEnv) -> Target {
-    Target {
-        host: env.gitea.clone(),
-        owner: env.gitea_owner.clone(),
-        ca: env.gitea_ca.clone(),
-        user: env.gitea_user.clone(),
-        password: env.gitea_password.clone(),
-    }
+    Target::gitea(env)
 }
 
 fn distribution(env: &TestEnv) -> Target {
-    Target {
-        host: env.registry.clone(),
-        owner: "tests".into(),
-        ca: env.registry_ca.clone(),
-        user: env.registry_user.clone(),
-        password: env.registry_password.clone(),
-    }
+    Target::distribution(env)
 }
 
-impl Target {
-    fn repo(&self, name: &str) -> String {
-        format!("{}/{}/{}", self.host, self.owner, name)
-    }
-    fn flags(&self) -> Vec<String> {
-        vec![
-            "--ca-file".into(),
-            self.ca.to_string_lossy().into_owned(),
-            "--username".into(),
-            self.user.clone(),
-            "--password-stdin".into(),
-        ]
-    }
+/// What the CLI suite asks of a registry besides the shared target.
+trait Served {
     /// The digest the registry serves for `reference`, read by skopeo.
+    fn served_digest(&self, env: &TestEnv, reference: &str) -> String;
+    /// Pulls `reference` with skopeo and unpacks it with umoci; returns the bundle directory.
+    fn pull(&self, env: &TestEnv, reference: &str) -> tempfile::TempDir;
+}
+
+impl Served for Target {
     fn served_digest(&self, env: &TestEnv, reference: &str) -> String {
-        let creds = format!("{}:{}", self.user, self.password);
         let raw = env
-            .raw_manifest(&self.ca, &creds, reference)
+            .raw_manifest(&self.ca, &self.creds(), reference)
             .unwrap_or_else(|| panic!("skopeo cannot read {reference}"));
         imagebuild::oci::Digest::of(&raw).to_string()
     }
-    /// Pulls `reference` with skopeo and unpacks it with umoci; returns the bundle directory.
     fn pull(&self, env: &TestEnv, reference: &str) -> tempfile::TempDir {
-        let creds = format!("{}:{}", self.user, self.password);
-        env.pull_and_unpack(&self.ca, &creds, reference)
+        env.pull_and_unpack(&self.ca, &self.creds(), reference)
     }
 }
 

@@ -476,49 +476,27 @@ fn build_without_a_directory_or_file_says_what_to_give() {
 
 // ---- Against the real environment ----
 
-struct Target {
-    host: String,
-    owner: String,
-    ca: PathBuf,
-    user: String,
-    password: String,
-}
+use common::targets::Target;
 
 fn gitea(env: &common::TestEnv) -> Target {
-    Target {
-        host: env.gitea.clone(),
-        owner: env.gitea_owner.clone(),
-        ca: env.gitea_ca.clone(),
-        user: env.gitea_user.clone(),
-        password: env.gitea_password.clone(),
-    }
+    Target::gitea(env)
 }
 
 fn distribution(env: &common::TestEnv) -> Target {
-    Target {
-        host: env.registry.clone(),
-        owner: "tests".into(),
-        ca: env.registry_ca.clone(),
-        user: env.registry_user.clone(),
-        password: env.registry_password.clone(),
-    }
+    Target::distribution(env)
 }
 
-impl Target {
-    fn repo(&self, name: &str) -> String {
-        format!("{}/{}/{}", self.host, self.owner, name)
-    }
-
+/// The CLI's registry commands against one target.
+trait Commands {
     /// Runs a registry command with this target's CA and credentials.
+    fn run(&self, work: &Path, args: &[&str]) -> Output;
+    fn tags(&self, work: &Path, repository: &str) -> Vec<String>;
+}
+
+impl Commands for Target {
     fn run(&self, work: &Path, args: &[&str]) -> Output {
         let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        all.extend([
-            "--ca-file".into(),
-            self.ca.to_string_lossy().into_owned(),
-            "--username".into(),
-            self.user.clone(),
-            "--password-stdin".into(),
-        ]);
+        all.extend(self.flags());
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
         run_stdin(work, &all, &self.password)
     }
