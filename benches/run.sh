@@ -30,6 +30,7 @@
 #                                                   # (shared machine: never start or stop it)
 #   BENCH_SERIAL=50 BENCH_MANY=200 benches/run.sh   # controller run counts (these defaults)
 #   BENCH_SIZES=small benches/run.sh                # cold pushes of the ~20 MB context only
+#   BENCH_RUST_LOG=debug benches/run.sh             # log filter of the controller it runs (default info)
 #   BENCH_ROLLOUTS=10 BENCH_SECTIONS=rollout benches/run.sh   # edits timed in rollout
 #
 # Results go to stdout and target/bench/results/ (raw timings, logs, stage timers). The
