@@ -47,6 +47,28 @@ impl Events {
         }
     }
 
+    /// Publishes an event about `regarding` (`action`: what the controller was doing); a
+    /// failure to record is logged, never fatal.
+    pub async fn note(
+        &self,
+        regarding: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(crate::failure::truncate(&note, 1000)),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(error) = self.publish(&event, regarding).await {
+            tracing::warn!(%error, "could not record event");
+        }
+    }
+
     /// Publishes `event` about `regarding`: a repeat of the same note continues its series.
     pub async fn publish(
         &self,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 
 use crate::api::{ImageBuild, ImageBuildStatus, Phase};
@@ -163,16 +163,9 @@ pub async fn event(
     reason: &str,
     note: String,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(crate::failure::truncate(&note, 1000)),
-        action: "Build".into(),
-        secondary: None,
-    };
-    if let Err(error) = recorder.publish(&event, &ib.object_ref(&())).await {
-        tracing::warn!(%error, "could not record event");
-    }
+    recorder
+        .note(&ib.object_ref(&()), type_, reason, "Build", note)
+        .await;
 }
 
 pub fn now() -> Time {

@@ -106,12 +106,7 @@ pub fn read(dir: &Path, tag: Option<&str>) -> Result<Built, LayoutError> {
     if !is_index(&descriptor.media_type) {
         return read_image(dir, &blobs, descriptor).map(Built::Image);
     }
-    let bytes = read_blob(&blobs, &descriptor.digest)?;
-    let listed: Index = serde_json::from_slice(&bytes).map_err(|source| LayoutError::Json {
-        what: format!("the image index {}", descriptor.digest),
-        dir: dir.to_owned(),
-        source,
-    })?;
+    let (bytes, listed) = read_listed_index(dir, &blobs, descriptor)?;
     let children = listed
         .manifests
         .iter()
@@ -294,18 +289,29 @@ pub fn replace_index(dir: &Path, index: &Index) -> Result<(), LayoutError> {
     write_atomically(&dir.join(INDEX_FILE), &bytes)
 }
 
+/// The image index `descriptor` names, read from the layout's `blobs` directory: its bytes
+/// (checked against the digest) and what they say.
+fn read_listed_index(
+    dir: &Path,
+    blobs: &Path,
+    descriptor: &Descriptor,
+) -> Result<(Bytes, Index), LayoutError> {
+    let bytes = read_blob(blobs, &descriptor.digest)?;
+    let listed = serde_json::from_slice(&bytes).map_err(|source| LayoutError::Json {
+        what: format!("the image index {}", descriptor.digest),
+        dir: dir.to_owned(),
+        source,
+    })?;
+    Ok((bytes, listed))
+}
+
 /// The descriptors of every blob `descriptor` needs (itself; for an index, its children; for
 /// an image manifest, its config and layers), read from the layout at `dir`.
 pub fn blobs_of(dir: &Path, descriptor: &Descriptor) -> Result<Vec<Descriptor>, LayoutError> {
     let blobs = dir.join("blobs").join("sha256");
     let mut found = vec![descriptor.clone()];
     if is_index(&descriptor.media_type) {
-        let bytes = read_blob(&blobs, &descriptor.digest)?;
-        let listed: Index = serde_json::from_slice(&bytes).map_err(|source| LayoutError::Json {
-            what: format!("the image index {}", descriptor.digest),
-            dir: dir.to_owned(),
-            source,
-        })?;
+        let (_, listed) = read_listed_index(dir, &blobs, descriptor)?;
         for child in &listed.manifests {
             found.extend(blobs_of(dir, child)?);
         }

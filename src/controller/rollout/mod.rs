@@ -19,7 +19,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -459,16 +459,9 @@ async fn publish(
     reason: &str,
     note: String,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(crate::failure::truncate(&note, 1000)),
-        action: "Rollout".into(),
-        secondary: None,
-    };
-    if let Err(error) = recorder.publish(&event, reference).await {
-        tracing::warn!(%error, "could not record event");
-    }
+    recorder
+        .note(reference, type_, reason, "Rollout", note)
+        .await;
 }
 
 /// The reconcile the controller runs: the ImageBuild's own ([`reconcile::reconcile`]), then,
