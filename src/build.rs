@@ -42,6 +42,32 @@ pub struct BuildJob {
     /// Upload the layer to the target while it is written (the image will be pushed). Only
     /// for contexts of [`UPLOAD_WHILE_BUILDING_FROM`] bytes or more.
     pub upload_while_building: bool,
+    /// Told about each layer as it is planned, written or found in the registry.
+    pub progress: Arc<dyn BuildProgress>,
+}
+
+/// What a build reports while it turns the context into layers (the command line draws it; the
+/// controller logs it). Every method has a no-op default.
+pub trait BuildProgress: Send + Sync {
+    /// The context will be `layers` layers holding `bytes` bytes of tar in all.
+    fn layers_planned(&self, layers: usize, bytes: u64) {
+        let _ = (layers, bytes);
+    }
+    /// Layer `index` (from 0) of `tar_bytes` bytes is ready: written and compressed, or
+    /// (`reused`) found already in the target repository and not compressed again.
+    fn layer_done(&self, index: usize, tar_bytes: u64, reused: bool) {
+        let _ = (index, tar_bytes, reused);
+    }
+}
+
+/// A [`BuildProgress`] that ignores everything.
+pub struct NoBuildProgress;
+
+impl BuildProgress for NoBuildProgress {}
+
+/// A shareable no-op build progress hook.
+pub fn no_build_progress() -> Arc<dyn BuildProgress> {
+    Arc::new(NoBuildProgress)
 }
 
 /// Contexts from this size on go up while their layer is written; below it the upload after

@@ -528,6 +528,7 @@ pub async fn build(
         source_date_epoch: source_date_epoch()?,
         // A layout needs the layer's bytes, so only a push alone may skip building it.
         upload_while_building: request.push,
+        progress: crate::build::no_build_progress(),
         layer_cache: (request.cache && request.push && request.output.is_none())
             .then(LayerCache::user_default)
             .flatten(),

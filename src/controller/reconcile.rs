@@ -434,6 +434,7 @@ async fn build_and_push(
         // short-circuits unchanged builds.
         layer_cache: None,
         upload_while_building: true,
+        progress: crate::build::no_build_progress(),
     };
     let (api, ib) = (api.clone(), ib.clone());
     let mut pushing = building.clone();
