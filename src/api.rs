@@ -121,6 +121,12 @@ pub struct ImageBuildSpec {
     /// Layer compression: `gzip` (default, readable everywhere) or `zstd`.
     #[serde(default)]
     pub compression: Compression,
+
+    /// How the files are laid out in layers: `auto` (default: one layer under 64 MiB, else up
+    /// to 16 layers cut at file boundaries so that one changed file changes one layer) or
+    /// `single` (one layer whatever the size).
+    #[serde(default, skip_serializing_if = "Layers::is_auto")]
+    pub layers: Layers,
 }
 
 /// A tag name.
@@ -293,6 +299,25 @@ pub enum Compression {
     Gzip,
     /// zstd: smaller and faster; needs containerd 1.5+ or a recent CRI-O.
     Zstd,
+}
+
+/// How the files are laid out in layers.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Layers {
+    /// One layer under 64 MiB of files, else up to 16 content-defined layers.
+    #[default]
+    Auto,
+    /// One layer whatever the size.
+    Single,
+}
+
+impl Layers {
+    /// Whether this is the default (left out when a spec is serialised, so adding the field
+    /// changed no existing spec's digest).
+    pub fn is_auto(&self) -> bool {
+        *self == Self::Auto
+    }
 }
 
 /// Where a build stands.

@@ -1,15 +1,16 @@
 //! One build, the same for the controller and the command line: resolve the base image, turn the
 //! context into a layer off the async runtime, assemble the image, and push it.
 
+mod layers;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::api::ImageBuildSpec;
 use crate::context::{ContextError, ContextItem, ContextOptions, FileTree};
 use crate::failure::{Category, FailureKind};
 use crate::image::{Children, ImageError, ImageSpec, assemble, assemble_index};
-use crate::layer::{Compression, LayerBlob, LayerCache, LayerError, LayerOptions};
+use crate::layer::{Compression, LayerCache, LayerError, LayerOptions, Layering};
 use crate::layout::LayoutError;
 use crate::oci::{Base, BaseImage, Blob, BlobLocation, Built, Digest, InvalidPlatform, Platform};
 use crate::reference::{ImageRef, ReferenceError, RepositoryRef};
@@ -35,12 +36,12 @@ pub struct BuildJob {
     pub max_context_bytes: Option<u64>,
     /// `SOURCE_DATE_EPOCH`: file times and the image's creation time; default 0.
     pub source_date_epoch: Option<i64>,
-    /// Layers built before from an unchanged directory: when one is recorded and the target
-    /// repository still holds it, the layer is not built again. Only for pushes (a layout
-    /// needs the bytes).
+    /// Layers built and pushed before (see [`LayerCache`]): a layer recorded there that the
+    /// target repository still holds is neither compressed nor uploaded again. Only for pushes
+    /// (a layout needs the bytes).
     pub layer_cache: Option<LayerCache>,
-    /// Upload the layer to the target while it is written (the image will be pushed). Only
-    /// for contexts of [`UPLOAD_WHILE_BUILDING_FROM`] bytes or more.
+    /// Upload the layers to the target while they are written (the image will be pushed).
+    /// Only for contexts of [`UPLOAD_WHILE_BUILDING_FROM`] bytes or more.
     pub upload_while_building: bool,
     /// Told about each layer as it is planned, written or found in the registry.
     pub progress: Arc<dyn BuildProgress>,
@@ -85,8 +86,12 @@ pub struct Prepared {
     base_client: Option<RegistryClient>,
     /// The target's client, when the build already talked to it (its token is reused).
     target_client: Option<RegistryClient>,
-    /// Blob bytes already sent to the target while the layer was written.
+    /// Blob bytes already sent to the target while the layers were written.
     uploaded_while_building: u64,
+    /// How many layers the context made.
+    pub layers: usize,
+    /// Of those, how many the target repository already held (not compressed again).
+    pub layers_reused: usize,
 }
 
 /// What a push left in the registry.
@@ -154,57 +159,40 @@ pub async fn build_image(job: &BuildJob) -> Result<Prepared, BuildError> {
         threads: 0,
     };
     let source = job.source.clone();
-    let use_cache = job.layer_cache.is_some();
+    let keyed = job.layer_cache.is_some();
+    let layering = layering(spec.layers);
     let options = layer_options.clone();
-    // The cache key stats every file: part of the walk, off the async runtime too.
-    let (tree, key) = blocking(move || {
+    // The cache keys stat every file: part of the walk, off the async runtime too.
+    let planned = blocking(move || {
         let tree = match source {
             ContextSource::Files(items) => FileTree::from_items(items, &context)?,
             ContextSource::Directory(dir) => FileTree::from_dir(&dir, &context)?,
         };
-        let key = use_cache
-            .then(|| LayerCache::key(&tree, &options))
-            .flatten();
-        Ok::<_, ContextError>((tree, key))
+        Ok::<_, ContextError>(layers::Planned::new(tree, layering, &options, keyed))
     })
     .await?;
-    let target_client = match (&key, job.upload_while_building) {
-        (None, false) => None,
+    let target_client = match (keyed, job.upload_while_building) {
+        (false, false) => None,
         _ => Some(job.target.client()?),
     };
-    let cached = match (&target_client, key.as_ref()) {
-        (Some(client), Some(key)) => cached_layer(job, client, key).await?,
-        _ => None,
-    };
-    let mut uploaded_while_building = 0;
-    let layer = match cached {
-        Some(layer) => layer,
-        None => {
-            let uploader = target_client.as_ref().filter(|_| job.upload_while_building);
-            let (layer, sent) = write_layer(job, uploader, tree, layer_options).await?;
-            uploaded_while_building = sent;
-            if let (Some(cache), Some(key)) = (&job.layer_cache, key) {
-                cache.put(&key, &layer);
-            }
-            layer
-        }
-    };
+    let made = layers::make(job, planned, layer_options, target_client.as_ref()).await?;
+    let layers = made.blobs;
     let image_spec = image_spec(spec, job.source_date_epoch);
     let image = match (&base, &platforms) {
-        (Some(Base::Image(base)), _) => assemble(Some(base), &layer, &image_spec)?.into(),
+        (Some(Base::Image(base)), _) => assemble(Some(base), &layers, &image_spec)?.into(),
         (Some(Base::Index { index, children }), _) => {
             let children = Children::Base {
                 index,
                 images: children,
             };
-            Built::Index(assemble_index(children, &layer, &image_spec)?)
+            Built::Index(assemble_index(children, &layers, &image_spec)?)
         }
         (None, Platforms::These(list)) => Built::Index(assemble_index(
             Children::Scratch(list),
-            &layer,
+            &layers,
             &image_spec,
         )?),
-        (None, _) => assemble(None, &layer, &image_spec)?.into(),
+        (None, _) => assemble(None, &layers, &image_spec)?.into(),
     };
     let base_digest = base.map(|base| match base {
         Base::Image(image) => image.manifest_digest,
@@ -215,7 +203,9 @@ pub async fn build_image(job: &BuildJob) -> Result<Prepared, BuildError> {
         base_digest,
         base_client,
         target_client,
-        uploaded_while_building,
+        uploaded_while_building: made.uploaded,
+        layers: layers.len(),
+        layers_reused: made.reused,
     })
 }
 
@@ -243,66 +233,6 @@ pub fn wanted_platforms(spec: &ImageBuildSpec) -> Result<Platforms, BuildError> 
         (Some(one), None) => Ok(Platforms::One(Some(one))),
         (None, None) => Ok(Platforms::Every),
     }
-}
-
-/// Writes the layer, uploading it to the target meanwhile when `client` is given and the
-/// context is large enough; returns it with the bytes sent on the way. Should that upload
-/// fail, the push uploads the finished file as usual (with retries).
-async fn write_layer(
-    job: &BuildJob,
-    client: Option<&RegistryClient>,
-    tree: FileTree,
-    options: LayerOptions,
-) -> Result<(LayerBlob, u64), BuildError> {
-    let out_dir = job.work_dir.clone();
-    let Some(client) = client.filter(|_| tree.total_bytes() >= UPLOAD_WHILE_BUILDING_FROM) else {
-        let layer = blocking(move || crate::layer::build_layer(&tree, &options, &out_dir)).await?;
-        return Ok((layer, 0));
-    };
-    let repository = RepositoryRef::parse(&job.spec.image)?.repository;
-    let (copy, segments) = tokio::sync::mpsc::channel(UPLOAD_QUEUE);
-    let sent = Arc::new(AtomicU64::new(0));
-    let (layer, upload) = tokio::join!(
-        blocking(move || crate::layer::build_layer_with_copy(&tree, &options, &out_dir, copy)),
-        client.upload_segments(&repository, segments, sent.clone()),
-    );
-    let finished = match (&layer, upload) {
-        (Ok(layer), Ok(upload)) => {
-            client
-                .finish_streamed(&repository, upload, &layer.descriptor)
-                .await
-        }
-        (Err(_), Ok(upload)) => {
-            client.cancel_streamed(&repository, upload).await;
-            Ok(())
-        }
-        (_, Err(error)) => Err(error),
-    };
-    if let Err(error) = finished {
-        tracing::debug!(%error, "the upload while building failed; the finished layer goes up from its file");
-    }
-    Ok((layer?, sent.load(Ordering::Relaxed)))
-}
-
-/// The layer recorded in the job's cache for this tree, when the target repository still
-/// holds it.
-async fn cached_layer(
-    job: &BuildJob,
-    client: &RegistryClient,
-    key: &Digest,
-) -> Result<Option<LayerBlob>, BuildError> {
-    let Some(found) = job.layer_cache.as_ref().and_then(|cache| cache.get(key)) else {
-        return Ok(None);
-    };
-    let repository = RepositoryRef::parse(&job.spec.image)?;
-    if !client
-        .blob_exists(&repository.repository, &found.descriptor.digest)
-        .await?
-    {
-        return Ok(None);
-    }
-    tracing::debug!(digest = %found.descriptor.digest, "layer unchanged since it was pushed; not building it again");
-    Ok(Some(found.into_layer_blob()))
 }
 
 /// Runs file-system work off the async runtime.
@@ -344,6 +274,12 @@ pub async fn push_image(
         progress,
     )
     .await?;
+    if let Some(cache) = &job.layer_cache {
+        cache.mark_pushed(&format!(
+            "{}/{}",
+            repository.registry, repository.repository
+        ));
+    }
     Ok(Pushed {
         image_ref: format!("{}@{}", job.spec.image, report.manifest_digest),
         digest: report.manifest_digest,
@@ -449,6 +385,13 @@ fn context_options(spec: &ImageBuildSpec, max_bytes: Option<u64>) -> ContextOpti
         honour_dockerignore: true,
         max_bytes,
         max_entries: None,
+    }
+}
+
+fn layering(layers: crate::api::Layers) -> Layering {
+    match layers {
+        crate::api::Layers::Auto => Layering::Auto,
+        crate::api::Layers::Single => Layering::Single,
     }
 }
 

@@ -20,7 +20,6 @@ use crate::cluster::ClusterError;
 use crate::context::ContextItem;
 use crate::controller::StartError;
 use crate::layer::LayerCache;
-use crate::oci::BlobLocation;
 use crate::reference::{ImageRef, RepositoryRef};
 use crate::registry::{CredentialPolicy, Credentials, GivenCredentials, canonical_host};
 use crate::store::{Store, StoreError};
@@ -561,16 +560,10 @@ pub async fn build(
     }
     let mut result = report.digest.clone();
     if request.push {
-        if let Some(layer) = prepared
-            .image
-            .images()
-            .first()
-            .and_then(|image| image.layers.last())
-            .filter(|l| l.location == BlobLocation::Target)
-        {
+        if prepared.layers_reused > 0 {
             out.note(format_args!(
-                "the context is unchanged since its layer {} was pushed; not building it again (--no-cache builds it)",
-                layer.descriptor.digest
+                "{} of {} layers unchanged since they were pushed; not compressed or uploaded again (--no-cache builds them)",
+                prepared.layers_reused, prepared.layers
             ));
         }
         let pushed = crate::build::push_image(&job, prepared, out.progress()).await?;

@@ -97,7 +97,7 @@ fn build(compression: Compression) -> Built {
         working_dir: Some(DESTINATION.into()),
         ..ImageSpec::default()
     };
-    let image = image::assemble(None, &layer, &spec).expect("image");
+    let image = image::assemble(None, std::slice::from_ref(&layer), &spec).expect("image");
     layout::write(&layout_dir, &image.clone().into(), &[TAG.into()]).expect("layout");
     Built {
         _dir: dir,

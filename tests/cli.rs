@@ -324,7 +324,7 @@ fn pushing_an_unchanged_directory_again_builds_nothing_unless_the_registry_lost_
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let image = target.repo(&common::unique_name("cached"));
     let file = image_build_file(work.path(), &image, "");
-    let not_built = "not building it again";
+    let not_built = "not compressed or uploaded again";
 
     let (first, first_log) = push_context(&target, &file, &context);
     assert!(!first_log.contains(not_built), "{first_log}");

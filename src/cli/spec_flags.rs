@@ -50,6 +50,10 @@ pub struct SpecFlags {
     /// Directory inside the image where the files land (default /).
     #[arg(long, value_name = "/PATH")]
     pub destination_path: Option<String>,
+    /// auto: one layer under 64 MiB, else up to 16 layers so that one changed file changes one
+    /// layer; single: one layer whatever the size (spec.layers).
+    #[arg(long, value_name = "auto|single", value_parser = ["auto", "single"])]
+    pub layers: Option<String>,
 }
 
 /// A flag value that cannot become part of a spec.
@@ -107,6 +111,11 @@ impl SpecFlags {
         }
         if let Some(path) = &self.destination_path {
             spec.destination_path = Some(path.clone());
+        }
+        match self.layers.as_deref() {
+            Some("single") => spec.layers = crate::api::Layers::Single,
+            Some(_) => spec.layers = crate::api::Layers::Auto,
+            None => {}
         }
         spec.config = self.config(spec.config.take())?;
         Ok(spec)
@@ -274,6 +283,7 @@ mod tests {
             port: vec!["80/tcp".into()],
             platform: vec!["linux/amd64".into(), "linux/arm64".into()],
             destination_path: Some("/srv/www".into()),
+            layers: Some("single".into()),
         };
         let expected = file_spec(
             r#"apiVersion: imagebuild.dev/v1alpha1
@@ -288,6 +298,7 @@ spec:
   annotations: {org.opencontainers.image.source: "https://x.example"}
   platforms: [linux/amd64, linux/arm64]
   destinationPath: /srv/www
+  layers: single
   config:
     entrypoint: [/bin/server, --port=80]
     env: [{name: MODE, value: prod}, {name: EMPTY, value: ""}]

@@ -41,6 +41,11 @@ use config::{ConfigError, ControllerConfig};
 use leader::{Elector, LeaseSettings};
 use reconcile::Shared;
 
+/// The layer cache's directory under the work directory.
+const LAYER_CACHE_DIR: &str = "layer-cache";
+/// Layer cache entries kept in memory (each a few hundred bytes).
+const LAYER_CACHE_ENTRIES: usize = 20_000;
+
 /// How the controller process runs (flags of `imagebuild controller`).
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -151,6 +156,8 @@ pub async fn run(options: Options) -> Result<(), StartError> {
         build_slots: Semaphore::new(usize::from(options.concurrency.max(1))),
         secrets: secrets::SecretCache::default(),
         work_dir: options.work_dir.clone(),
+        layer_cache: crate::layer::LayerCache::new(options.work_dir.join(LAYER_CACHE_DIR))
+            .with_memory(LAYER_CACHE_ENTRIES),
         config,
         readers,
         checks: drift::Checks::new(

@@ -33,6 +33,9 @@ pub struct Shared {
     /// Registry Secrets read, kept while the Secret watch says they are unchanged.
     pub secrets: super::secrets::SecretCache,
     pub work_dir: PathBuf,
+    /// Layers pushed before, by diffID (in memory and in the work directory): a layer the
+    /// target repository already holds is not compressed or uploaded again.
+    pub layer_cache: crate::layer::LayerCache,
     /// Reader Pods for PersistentVolumeClaim contexts; `None` when they are off.
     pub readers: Option<super::pvc::Readers>,
     /// Registry checks of Succeeded ImageBuilds: their schedule, limit and findings.
@@ -430,9 +433,9 @@ async fn build_and_push(
         work_dir: work.path().to_path_buf(),
         max_context_bytes: Some(shared.config.max_context_bytes),
         source_date_epoch: None,
-        // Contexts arrive as ConfigMap data or a fresh upload: the context digest already
-        // short-circuits unchanged builds.
-        layer_cache: None,
+        // Contexts arrive as ConfigMap data or a fresh upload, so stat keys rarely hit; the
+        // diffID map finds the layers a changed context shares with the last push.
+        layer_cache: Some(shared.layer_cache.clone()),
         upload_while_building: true,
         progress: crate::build::no_build_progress(),
     };

@@ -21,7 +21,8 @@ fn image(store: &Store, content: &'static str) -> (tempfile::TempDir, Built) {
     let tree = FileTree::from_items(vec![item], &ContextOptions::default()).expect("tree");
     let scratch = store.scratch().expect("scratch");
     let layer = layer::build_layer(&tree, &LayerOptions::default(), scratch.path()).expect("layer");
-    let built: BuiltImage = image::assemble(None, &layer, &ImageSpec::default()).expect("image");
+    let built: BuiltImage =
+        image::assemble(None, std::slice::from_ref(&layer), &ImageSpec::default()).expect("image");
     (scratch, Built::Image(built))
 }
 

@@ -63,16 +63,17 @@ pub enum ImageError {
 /// `created_by` of the history entry for our layer.
 const CREATED_BY: &str = "imagebuild";
 
-/// Assembles config and manifest for `layer` on `base` (or scratch).
+/// Assembles config and manifest for `layers` (in order, one history entry each) on `base`
+/// (or scratch).
 pub fn assemble(
     base: Option<&BaseImage>,
-    layer: &LayerBlob,
+    layers: &[LayerBlob],
     spec: &ImageSpec,
 ) -> Result<BuiltImage, ImageError> {
     let created = created(spec.created)?;
     let config = match base {
-        Some(base) => config_on_base(base, layer, spec, &created)?,
-        None => scratch_config(layer, spec, &created)?,
+        Some(base) => config_on_base(base, layers, spec, &created)?,
+        None => scratch_config(layers, spec, &created)?,
     };
     let config_bytes =
         Bytes::from(
@@ -86,19 +87,19 @@ pub fn assemble(
         location: BlobLocation::Bytes(config_bytes),
     };
 
-    let mut layers: Vec<Blob> = base
+    let base_layers = base
         .map(|b| b.manifest.layers.iter())
         .into_iter()
         .flatten()
         .map(|d| Blob {
             descriptor: d.clone(),
             location: BlobLocation::Base,
-        })
-        .collect();
-    layers.push(Blob {
+        });
+    let ours = layers.iter().map(|layer| Blob {
         descriptor: layer.descriptor.clone(),
         location: layer.location.clone(),
     });
+    let layers: Vec<Blob> = base_layers.chain(ours).collect();
 
     let manifest = oci::Manifest {
         schema_version: 2,
@@ -137,7 +138,7 @@ pub enum Children<'a> {
     Scratch(&'a [Platform]),
 }
 
-/// Assembles one image per platform around the same `layer`, and the index that lists them.
+/// Assembles one image per platform around the same `layers`, and the index that lists them.
 ///
 /// Each child is what [`assemble`] makes of its base child (config edited in place, so its
 /// `os`, `architecture` and `variant` stay), and the index copies each child's platform. On a
@@ -145,7 +146,7 @@ pub enum Children<'a> {
 /// names the base in the `org.opencontainers.image.base.*` annotations.
 pub fn assemble_index(
     children: Children<'_>,
-    layer: &LayerBlob,
+    layers: &[LayerBlob],
     spec: &ImageSpec,
 ) -> Result<BuiltIndex, ImageError> {
     // The platform comes from each base child; `spec.platform` is the single-image field.
@@ -158,7 +159,7 @@ pub fn assemble_index(
             let built = images
                 .iter()
                 .map(|base| {
-                    let mut child = assemble(Some(base), layer, &child_spec)?;
+                    let mut child = assemble(Some(base), layers, &child_spec)?;
                     child.platform = base.platform.clone();
                     Ok(child)
                 })
@@ -185,7 +186,7 @@ pub fn assemble_index(
                         platform: Some(platform.clone()),
                         ..child_spec.clone()
                     };
-                    let mut child = assemble(None, layer, &spec)?;
+                    let mut child = assemble(None, layers, &spec)?;
                     child.platform = Some(platform.clone());
                     Ok(child)
                 })
@@ -230,11 +231,23 @@ fn created(seconds: Option<i64>) -> Result<String, ImageError> {
         .map_err(|_| ImageError::Created(seconds))
 }
 
+fn diff_ids_of(layers: &[LayerBlob]) -> impl Iterator<Item = Value> + '_ {
+    layers.iter().map(|layer| json!(layer.diff_id.as_str()))
+}
+
+fn diff_ids(layers: &[LayerBlob]) -> Value {
+    Value::Array(diff_ids_of(layers).collect())
+}
+
 fn history_entry(created: &str) -> Value {
     json!({ "created": created, "created_by": CREATED_BY })
 }
 
-fn scratch_config(layer: &LayerBlob, spec: &ImageSpec, created: &str) -> Result<Value, ImageError> {
+fn scratch_config(
+    layers: &[LayerBlob],
+    spec: &ImageSpec,
+    created: &str,
+) -> Result<Value, ImageError> {
     let platform = spec.platform.clone().unwrap_or_else(Platform::linux_amd64);
     let mut config = Map::new();
     apply_runtime_config(&mut config, spec)?;
@@ -248,15 +261,16 @@ fn scratch_config(layer: &LayerBlob, spec: &ImageSpec, created: &str) -> Result<
     image.insert("config".into(), Value::Object(config));
     image.insert(
         "rootfs".into(),
-        json!({ "type": "layers", "diff_ids": [layer.diff_id.as_str()] }),
+        json!({ "type": "layers", "diff_ids": diff_ids(layers) }),
     );
-    image.insert("history".into(), json!([history_entry(created)]));
+    let history: Vec<Value> = layers.iter().map(|_| history_entry(created)).collect();
+    image.insert("history".into(), Value::Array(history));
     Ok(Value::Object(image))
 }
 
 fn config_on_base(
     base: &BaseImage,
-    layer: &LayerBlob,
+    layers: &[LayerBlob],
     spec: &ImageSpec,
     created: &str,
 ) -> Result<Value, ImageError> {
@@ -283,12 +297,14 @@ fn config_on_base(
             base.manifest.layers.len()
         )));
     }
-    diff_ids.push(json!(layer.diff_id.as_str()));
+    diff_ids.extend(diff_ids_of(layers));
 
     let history = fields.entry("history").or_insert_with(|| json!([]));
-    match history.as_array_mut() {
-        Some(entries) => entries.push(history_entry(created)),
-        None => *history = json!([history_entry(created)]),
+    if !history.is_array() {
+        *history = json!([]);
+    }
+    if let Some(entries) = history.as_array_mut() {
+        entries.extend(layers.iter().map(|_| history_entry(created)));
     }
 
     let config = fields.entry("config").or_insert_with(|| json!({}));

@@ -9,6 +9,7 @@
 
 mod blocks;
 mod cache;
+mod split;
 mod tar_header;
 #[cfg(test)]
 mod tests;
@@ -25,6 +26,7 @@ use tar_header::HeaderKind;
 
 pub use blocks::{BLOCK_SIZE, SEGMENT_SIZE};
 pub use cache::{CachedLayer, LayerCache};
+pub use split::{Layering, MAX_LAYERS, SPLIT_FROM, plan};
 
 /// The gzip level used unless one is asked for (libdeflate's scale, 0–12). Chosen with
 /// `benches/builder.sh` and `benches/run.sh`: the largest speed-up that keeps the layer within 5%
@@ -190,7 +192,7 @@ pub fn build_layer(
     opts: &LayerOptions,
     out_dir: &Path,
 ) -> Result<LayerBlob, LayerError> {
-    write_layer(tree, opts, out_dir, None)
+    write_layer(Part::whole(tree), opts, out_dir, None)
 }
 
 /// [`build_layer`], also sending the compressed bytes to `copy` in segments of at least
@@ -202,15 +204,74 @@ pub fn build_layer_with_copy(
     out_dir: &Path,
     copy: tokio::sync::mpsc::Sender<bytes::Bytes>,
 ) -> Result<LayerBlob, LayerError> {
-    write_layer(tree, opts, out_dir, Some(blocks::Tee::new(copy)))
+    write_layer(
+        Part::whole(tree),
+        opts,
+        out_dir,
+        Some(blocks::Tee::new(copy)),
+    )
+}
+
+/// One layer of a tree split by [`plan`]: the entries in `entries`, with the directories above
+/// them that earlier layers hold, so the layer stands on its own.
+#[derive(Debug, Clone, Copy)]
+pub struct Part<'a> {
+    pub tree: &'a FileTree,
+    pub entries: &'a std::ops::Range<usize>,
+}
+
+impl<'a> Part<'a> {
+    /// The whole tree as one part: the single layer.
+    pub fn whole(tree: &'a FileTree) -> Self {
+        const ALL: std::ops::Range<usize> = 0..usize::MAX;
+        Self {
+            tree,
+            entries: &ALL,
+        }
+    }
+
+    /// The part's entries (the range clamped to the tree).
+    fn entries(&self) -> &'a [crate::context::Entry] {
+        let all = self.tree.entries();
+        let end = self.entries.end.min(all.len());
+        &all[self.entries.start.min(end)..end]
+    }
+
+    /// Bytes of the part's tar stream before compression, without the directories added
+    /// above it: what progress reports count.
+    pub fn tar_bytes(&self) -> u64 {
+        self.entries().iter().map(|e| split::weight(&e.kind)).sum()
+    }
+}
+
+/// Writes one [`Part`] as a compressed layer, like [`build_layer`]; with `copy`, like
+/// [`build_layer_with_copy`].
+pub fn build_part(
+    part: Part<'_>,
+    opts: &LayerOptions,
+    out_dir: &Path,
+    copy: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+) -> Result<LayerBlob, LayerError> {
+    write_layer(part, opts, out_dir, copy.map(blocks::Tee::new))
+}
+
+/// The diffID and uncompressed size the layer of `part` would have, from its tar stream alone:
+/// no compression, nothing written. A layer already in the registry is recognised by it.
+pub fn diff_id_of(part: Part<'_>, opts: &LayerOptions) -> Result<(Digest, u64), LayerError> {
+    let destination = destination_dirs(&opts.destination_path)?;
+    let mtime = mtime(opts.source_date_epoch)?;
+    let output = blocks::hash_only(|sink| TarWriter { sink, mtime }.write(part, &destination))?;
+    let diff_id = output.diff_id.ok_or_else(|| missing("diffID"))?;
+    Ok((diff_id, output.uncompressed))
 }
 
 fn write_layer(
-    tree: &FileTree,
+    part: Part<'_>,
     opts: &LayerOptions,
     out_dir: &Path,
     tee: Option<blocks::Tee>,
 ) -> Result<LayerBlob, LayerError> {
+    let tree = part.tree;
     let started = Instant::now();
     let destination = destination_dirs(&opts.destination_path)?;
     let mtime = mtime(opts.source_date_epoch)?;
@@ -233,7 +294,7 @@ fn write_layer(
     let mut tar_time = Duration::ZERO;
     let output = blocks::run(opts.compression, threads, temp.as_file_mut(), tee, |sink| {
         let tar_started = Instant::now();
-        let result = TarWriter { sink, mtime }.write(tree, &destination);
+        let result = TarWriter { sink, mtime }.write(part, &destination);
         tar_time = tar_started.elapsed();
         result
     })?;
@@ -248,7 +309,7 @@ fn write_layer(
     temp.persist(&path).map_err(|e| out_error(e.error))?;
 
     let stats = LayerStats {
-        entries: (destination.len() + tree.len()) as u64,
+        entries: (destination.len() + part.entries().len()) as u64,
         walk: tree.walk_time(),
         read: output.read,
         tar: tar_time.saturating_sub(output.read + output.hash + output.stalled),
@@ -331,7 +392,7 @@ struct TarWriter<'a> {
 }
 
 impl TarWriter<'_> {
-    fn write(mut self, tree: &FileTree, destination: &[String]) -> Result<(), LayerError> {
+    fn write(mut self, part: Part<'_>, destination: &[String]) -> Result<(), LayerError> {
         let mut header = Vec::with_capacity(4 * tar_header::BLOCK);
         for dir in destination {
             self.header(&mut header, dir, HeaderKind::Directory, 0o755)?;
@@ -340,7 +401,12 @@ impl TarWriter<'_> {
             .last()
             .map(|d| format!("{d}/"))
             .unwrap_or_default();
-        for entry in tree.entries() {
+        let mut above = Above::new(part);
+        for entry in part.entries() {
+            for (dir, mode) in above.missing(&entry.path) {
+                let path = format!("{prefix}{dir}");
+                self.header(&mut header, &path, HeaderKind::Directory, mode)?;
+            }
             let path = format!("{prefix}{}", entry.path);
             match &entry.kind {
                 EntryKind::Directory => {
@@ -390,5 +456,45 @@ impl TarWriter<'_> {
                 Ok(())
             }
         }
+    }
+}
+
+/// The directories of the tree that come before a part and hold its entries: each goes into
+/// the part's layer once, just before the first entry under it, with the tree's mode.
+struct Above<'a> {
+    earlier: &'a [crate::context::Entry],
+    written: std::collections::HashSet<&'a str>,
+}
+
+impl<'a> Above<'a> {
+    fn new(part: Part<'a>) -> Self {
+        let all = part.tree.entries();
+        Self {
+            earlier: &all[..part.entries.start.min(all.len())],
+            written: Default::default(),
+        }
+    }
+
+    /// The ancestors of `path` that an earlier part holds and this one has not written yet,
+    /// outermost first.
+    fn missing(&mut self, path: &'a str) -> Vec<(&'a str, u32)> {
+        if self.earlier.is_empty() {
+            return Vec::new();
+        }
+        let mut missing = Vec::new();
+        for (i, _) in path.match_indices('/') {
+            let dir = &path[..i];
+            if self.written.contains(dir) {
+                continue;
+            }
+            let found = self
+                .earlier
+                .binary_search_by(|e| e.path.as_bytes().cmp(dir.as_bytes()));
+            if let Ok(at) = found {
+                self.written.insert(dir);
+                missing.push((dir, self.earlier[at].mode));
+            }
+        }
+        missing
     }
 }

@@ -98,7 +98,7 @@ fn scratch_config_is_compact_and_exactly_this() {
         exposed_ports: vec!["8080".into()],
         ..ImageSpec::default()
     };
-    let image = assemble(None, &layer(), &spec).expect("assemble");
+    let image = assemble(None, &[layer()], &spec).expect("assemble");
     let BlobLocation::Bytes(bytes) = &image.config.location else {
         panic!("config in memory")
     };
@@ -121,7 +121,7 @@ fn scratch_uses_the_requested_platform() {
         created: Some(1_700_000_000),
         ..ImageSpec::default()
     };
-    let config = config_of(&assemble(None, &layer(), &spec).expect("assemble"));
+    let config = config_of(&assemble(None, &[layer()], &spec).expect("assemble"));
     assert_eq!(config["architecture"], "arm64");
     assert_eq!(config["variant"], "v8");
     assert_eq!(config["created"], "2023-11-14T22:13:20Z");
@@ -132,7 +132,7 @@ fn manifest_is_oci_and_its_digest_is_of_its_exact_bytes() {
     let mut spec = ImageSpec::default();
     spec.annotations
         .insert("org.opencontainers.image.source".into(), "here".into());
-    let image = assemble(None, &layer(), &spec).expect("assemble");
+    let image = assemble(None, &[layer()], &spec).expect("assemble");
     assert_eq!(image.manifest_digest, Digest::of(&image.manifest));
     assert_eq!(image.manifest_media_type, oci::MEDIA_TYPE_IMAGE_MANIFEST);
     let manifest: Value = serde_json::from_slice(&image.manifest).expect("json");
@@ -167,15 +167,15 @@ fn the_same_inputs_give_the_same_manifest_bytes() {
         cmd: Some(vec!["serve".into()]),
         ..ImageSpec::default()
     };
-    let a = assemble(Some(&base()), &layer(), &spec).expect("a");
-    let b = assemble(Some(&base()), &layer(), &spec).expect("b");
+    let a = assemble(Some(&base()), &[layer()], &spec).expect("a");
+    let b = assemble(Some(&base()), &[layer()], &spec).expect("b");
     assert_eq!(a.manifest, b.manifest);
     assert_eq!(a.manifest_digest, b.manifest_digest);
 }
 
 #[test]
 fn on_a_base_the_layers_are_the_base_ones_then_ours_with_their_locations() {
-    let image = assemble(Some(&base()), &layer(), &ImageSpec::default()).expect("assemble");
+    let image = assemble(Some(&base()), &[layer()], &ImageSpec::default()).expect("assemble");
     assert_eq!(image.layers.len(), 2);
     assert_eq!(image.layers[0].descriptor, base().manifest.layers[0]);
     assert_eq!(image.layers[0].location, BlobLocation::Base);
@@ -189,7 +189,7 @@ fn on_a_base_the_layers_are_the_base_ones_then_ours_with_their_locations() {
 
 #[test]
 fn on_a_base_unknown_fields_and_their_order_are_kept() {
-    let image = assemble(Some(&base()), &layer(), &ImageSpec::default()).expect("assemble");
+    let image = assemble(Some(&base()), &[layer()], &ImageSpec::default()).expect("assemble");
     let config = config_of(&image);
     assert_eq!(
         keys(&config),
@@ -215,7 +215,7 @@ fn on_a_base_unknown_fields_and_their_order_are_kept() {
 
 #[test]
 fn on_a_base_our_diff_id_and_history_entry_are_appended() {
-    let image = assemble(Some(&base()), &layer(), &ImageSpec::default()).expect("assemble");
+    let image = assemble(Some(&base()), &[layer()], &ImageSpec::default()).expect("assemble");
     let config = config_of(&image);
     let diff_ids = config["rootfs"]["diff_ids"].as_array().expect("diff_ids");
     assert_eq!(diff_ids.len(), 2);
@@ -233,7 +233,7 @@ fn on_a_base_env_merges_by_name_labels_merge_and_ports_add() {
         labels: BTreeMap::from([("app".to_owned(), "hello".to_owned())]),
         ..ImageSpec::default()
     };
-    let config = config_of(&assemble(Some(&base()), &layer(), &spec).expect("assemble"));
+    let config = config_of(&assemble(Some(&base()), &[layer()], &spec).expect("assemble"));
     assert_eq!(
         config["config"]["Env"],
         json!(["PATH=/usr/bin", "MODE=prod", "NEW=1"])
@@ -255,7 +255,7 @@ fn on_a_base_a_new_entrypoint_drops_the_base_cmd_as_docker_does() {
         entrypoint: Some(vec!["/bin/app".into()]),
         ..ImageSpec::default()
     };
-    let config = config_of(&assemble(Some(&base()), &layer(), &spec).expect("assemble"));
+    let config = config_of(&assemble(Some(&base()), &[layer()], &spec).expect("assemble"));
     assert_eq!(config["config"]["Entrypoint"], json!(["/bin/app"]));
     assert!(config["config"].get("Cmd").is_none());
     assert_eq!(
@@ -268,7 +268,7 @@ fn on_a_base_a_new_entrypoint_drops_the_base_cmd_as_docker_does() {
 fn a_base_whose_diff_ids_do_not_match_its_layers_is_refused() {
     let mut broken = base();
     broken.config["rootfs"]["diff_ids"] = json!([]);
-    let err = assemble(Some(&broken), &layer(), &ImageSpec::default()).expect_err("broken");
+    let err = assemble(Some(&broken), &[layer()], &ImageSpec::default()).expect_err("broken");
     let message = err.to_string();
     assert!(message.contains("registry.example/owner/base"), "{message}");
     assert!(message.contains("0 diff_ids"), "{message}");
@@ -280,7 +280,7 @@ fn an_invalid_port_is_refused_naming_it() {
         exposed_ports: vec!["http".into()],
         ..ImageSpec::default()
     };
-    let err = assemble(None, &layer(), &spec).expect_err("port");
+    let err = assemble(None, &[layer()], &spec).expect_err("port");
     assert!(err.to_string().contains("`http`"));
 }
 
@@ -291,7 +291,7 @@ fn an_env_name_with_equals_is_refused() {
         ..ImageSpec::default()
     };
     assert!(matches!(
-        assemble(None, &layer(), &spec),
+        assemble(None, &[layer()], &spec),
         Err(ImageError::EnvName(_))
     ));
 }
@@ -333,7 +333,7 @@ fn an_index_on_a_base_has_one_child_per_base_platform_sharing_our_layer() {
         index: &index,
         images: &images,
     };
-    let built = assemble_index(children, &layer(), &ImageSpec::default()).expect("index");
+    let built = assemble_index(children, &[layer()], &ImageSpec::default()).expect("index");
     let json = index_json(&built);
     assert_eq!(json["mediaType"], oci::MEDIA_TYPE_IMAGE_INDEX);
     assert_eq!(
@@ -370,7 +370,7 @@ fn an_index_on_a_docker_manifest_list_stays_a_docker_manifest_list() {
         index: &index,
         images: &images,
     };
-    let built = assemble_index(children, &layer(), &ImageSpec::default()).expect("index");
+    let built = assemble_index(children, &[layer()], &ImageSpec::default()).expect("index");
     assert_eq!(built.media_type, oci::MEDIA_TYPE_DOCKER_MANIFEST_LIST);
     assert_eq!(
         index_json(&built)["mediaType"],
@@ -386,7 +386,7 @@ fn a_two_platform_scratch_index_has_a_fixed_digest() {
         entrypoint: Some(vec!["/app".into()]),
         ..ImageSpec::default()
     };
-    let built = assemble_index(Children::Scratch(&platforms), &layer(), &spec).expect("index");
+    let built = assemble_index(Children::Scratch(&platforms), &[layer()], &spec).expect("index");
     let architectures: Vec<Value> = built
         .children
         .iter()
@@ -394,11 +394,58 @@ fn a_two_platform_scratch_index_has_a_fixed_digest() {
         .collect();
     assert_eq!(architectures, [json!("amd64"), json!("arm64")]);
     // The amd64 child is exactly the single-platform scratch image of the same inputs.
-    let single = assemble(None, &layer(), &spec).expect("image");
+    let single = assemble(None, &[layer()], &spec).expect("image");
     assert_eq!(built.children[0].manifest_digest, single.manifest_digest);
     assert!(index_json(&built).get("annotations").is_none());
     assert_eq!(
         built.digest.as_str(),
         "sha256:66239ccd3069352859ab961b6bd3d2e755c4da1bb74f45b9f271118db902f15c"
     );
+}
+
+#[test]
+fn several_layers_follow_the_base_in_order_each_with_its_diff_id_and_history() {
+    let second = LayerBlob {
+        descriptor: Descriptor {
+            digest: Digest::of(b"compressed 2"),
+            ..layer().descriptor
+        },
+        diff_id: Digest::of(b"uncompressed 2"),
+        location: BlobLocation::Target,
+        ..layer()
+    };
+    let image = assemble(
+        Some(&base()),
+        &[layer(), second.clone()],
+        &ImageSpec::default(),
+    )
+    .expect("assemble");
+    let digests: Vec<_> = image.layers.iter().map(|l| &l.descriptor.digest).collect();
+    assert_eq!(
+        digests,
+        [
+            &base().manifest.layers[0].digest,
+            &layer().descriptor.digest,
+            &second.descriptor.digest
+        ]
+    );
+    assert_eq!(image.layers[2].location, BlobLocation::Target);
+    let config = config_of(&image);
+    let diff_ids = config["rootfs"]["diff_ids"].as_array().expect("diff_ids");
+    assert_eq!(diff_ids.len(), 3);
+    assert_eq!(diff_ids[1], layer().diff_id.as_str());
+    assert_eq!(diff_ids[2], second.diff_id.as_str());
+    let before = base().config["history"].as_array().map_or(0, Vec::len);
+    assert_eq!(
+        config["history"].as_array().expect("history").len(),
+        before + 2
+    );
+
+    let scratch =
+        config_of(&assemble(None, &[layer(), second], &ImageSpec::default()).expect("scratch"));
+    assert_eq!(
+        scratch["rootfs"]["diff_ids"].as_array().expect("ids").len(),
+        2
+    );
+    assert_eq!(scratch["history"].as_array().expect("history").len(), 2);
 }

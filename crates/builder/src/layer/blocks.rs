@@ -95,6 +95,21 @@ impl Tee {
     }
 }
 
+/// Runs `produce` into a [`Sink`] that only hashes: the diffID and size of the tar stream,
+/// with no compression and nothing written, in one block buffer on this thread.
+pub fn hash_only<F>(produce: F) -> Result<Output, LayerError>
+where
+    F: FnOnce(&mut Sink) -> Result<(), LayerError>,
+{
+    let (free_tx, free_rx) = channel();
+    let _ = free_tx.send(Slot::new());
+    let mut sink = Sink::new(free_rx, None);
+    sink.recycle = Some(free_tx);
+    produce(&mut sink)?;
+    sink.flush()?;
+    Ok(sink.into_output())
+}
+
 /// Runs `produce` (which writes the tar stream into a [`Sink`]) with `workers` compression
 /// threads, writing the compressed blob to `out` (and a copy to `tee`, if any).
 pub fn run<F>(
@@ -128,7 +143,7 @@ where
         drop(done_tx);
         let writer = scope.spawn(move || write_blocks(done_rx, free_tx, out, tee));
 
-        let mut sink = Sink::new(free_rx, work_tx);
+        let mut sink = Sink::new(free_rx, Some(work_tx));
         let produced = produce(&mut sink).and_then(|()| sink.flush());
         let producer_starved = sink.stopped;
         let mut output = sink.into_output();
@@ -185,15 +200,18 @@ pub struct Sink {
     output: Output,
     /// Set when the rest of the pipeline went away under the producer.
     stopped: bool,
+    /// Hashing only: each block goes straight back to the free list.
+    recycle: Option<Sender<Slot>>,
 }
 
 impl Sink {
-    fn new(free: Receiver<Slot>, work: Sender<Slot>) -> Self {
+    fn new(free: Receiver<Slot>, work: Option<Sender<Slot>>) -> Self {
         Self {
             slot: None,
             next_seq: 0,
             free,
-            work: Some(work),
+            work,
+            recycle: None,
             diff: Sha256::default(),
             output: Output::default(),
             stopped: false,
@@ -294,6 +312,9 @@ impl Sink {
         self.diff.update(&slot.data[..slot.len]);
         self.output.hash += started.elapsed();
         self.output.uncompressed += slot.len as u64;
+        if let Some(recycle) = &self.recycle {
+            return recycle.send(slot).map_err(|_| stopped());
+        }
         let work = self.work.as_ref().ok_or_else(stopped)?;
         if work.send(slot).is_err() {
             self.stopped = true;

@@ -306,3 +306,97 @@ fn files_on_disk_are_streamed_into_the_layer() {
     entry.read_to_end(&mut read_back).expect("read");
     assert_eq!(read_back, content);
 }
+
+fn nested_tree() -> FileTree {
+    tree(vec![
+        item("a/b/c.txt", b"c", None),
+        item("a/b/d.txt", b"d", None),
+        item("a/e/f.txt", b"f", Some(0o600)),
+        item("g.txt", b"g", None),
+    ])
+}
+
+fn part_paths(tree: &FileTree, entries: &std::ops::Range<usize>, dest: &str) -> Vec<String> {
+    let opts = LayerOptions {
+        destination_path: dest.into(),
+        ..LayerOptions::default()
+    };
+    let out = tempfile::tempdir().expect("tempdir");
+    let part = Part { tree, entries };
+    let blob = build_part(part, &opts, out.path(), None).expect("part");
+    let bytes = fs::read(blob.file().expect("written")).expect("read");
+    let tar = gunzip(&bytes);
+    let (diff_id, size) = diff_id_of(part, &opts).expect("diff id");
+    assert_eq!(
+        diff_id, blob.diff_id,
+        "hashing alone gives the written layer's diffID"
+    );
+    assert_eq!(size, tar.len() as u64);
+    list(&tar).into_iter().map(|l| l.0).collect()
+}
+
+#[test]
+fn a_part_holds_the_directories_above_its_entries_and_nothing_of_other_parts() {
+    let tree = nested_tree();
+    let paths: Vec<&str> = tree.entries().iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "a",
+            "a/b",
+            "a/b/c.txt",
+            "a/b/d.txt",
+            "a/e",
+            "a/e/f.txt",
+            "g.txt"
+        ]
+    );
+    assert_eq!(part_paths(&tree, &(0..3), "/"), ["a/", "a/b/", "a/b/c.txt"]);
+    assert_eq!(
+        part_paths(&tree, &(3..6), "/"),
+        ["a/", "a/b/", "a/b/d.txt", "a/e/", "a/e/f.txt"]
+    );
+    assert_eq!(part_paths(&tree, &(6..7), "/"), ["g.txt"]);
+    assert_eq!(
+        part_paths(&tree, &(5..7), "/srv"),
+        ["srv/", "srv/a/", "srv/a/e/", "srv/a/e/f.txt", "srv/g.txt"]
+    );
+}
+
+#[test]
+fn the_whole_tree_as_one_part_is_the_single_layer() {
+    let tree = nested_tree();
+    let (single, _out) = build(&tree, &LayerOptions::default());
+    let out = tempfile::tempdir().expect("tempdir");
+    let whole = build_part(
+        Part {
+            tree: &tree,
+            entries: &(0..tree.len()),
+        },
+        &LayerOptions::default(),
+        out.path(),
+        None,
+    )
+    .expect("part");
+    assert_eq!(whole.descriptor, single.descriptor);
+    assert_eq!(whole.diff_id, single.diff_id);
+}
+
+#[test]
+fn a_directory_written_again_in_a_later_part_keeps_its_mode() {
+    let tree = tree(vec![
+        item("x/y.txt", b"y", None),
+        item("x/z.txt", b"z", None),
+    ]);
+    let opts = LayerOptions::default();
+    let out = tempfile::tempdir().expect("tempdir");
+    let part = Part {
+        tree: &tree,
+        entries: &(2..3),
+    };
+    let blob = build_part(part, &opts, out.path(), None).expect("part");
+    let tar = gunzip(&fs::read(blob.file().expect("written")).expect("read"));
+    let listed = list(&tar);
+    assert_eq!(listed[0].0, "x/");
+    assert_eq!(listed[0].1, tree.entries()[0].mode);
+}

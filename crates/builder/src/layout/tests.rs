@@ -23,7 +23,7 @@ fn tree() -> FileTree {
 fn build_into(dir: &Path) -> BuiltImage {
     let blobs = blobs_dir(dir).expect("blobs dir");
     let layer = layer::build_layer(&tree(), &LayerOptions::default(), &blobs).expect("layer");
-    image::assemble(None, &layer, &ImageSpec::default()).expect("image")
+    image::assemble(None, std::slice::from_ref(&layer), &ImageSpec::default()).expect("image")
 }
 
 /// [`super::write`] of a single image.
@@ -48,7 +48,14 @@ fn build_index_into(dir: &Path) -> Built {
         .map(|p| p.parse().expect("platform"))
         .collect();
     let children = image::Children::Scratch(&platforms);
-    Built::Index(image::assemble_index(children, &layer, &ImageSpec::default()).expect("index"))
+    Built::Index(
+        image::assemble_index(
+            children,
+            std::slice::from_ref(&layer),
+            &ImageSpec::default(),
+        )
+        .expect("index"),
+    )
 }
 
 #[test]

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use super::*;
 use crate::context::ContextOptions;
+use crate::context::FileTree;
 use crate::layer::build_layer;
 
 /// A moment well after the test's files were written, so they count as settled.
@@ -26,7 +27,7 @@ fn walk(dir: &Path) -> FileTree {
 }
 
 fn key(dir: &Path, options: &LayerOptions) -> Option<Digest> {
-    LayerCache::key_at(&walk(dir), options, later())
+    LayerCache::key_at(Part::whole(&walk(dir)), options, later())
 }
 
 #[test]
@@ -81,7 +82,11 @@ fn a_file_changed_just_now_makes_the_tree_uncacheable() {
     let dir = context();
     let tree = walk(dir.path());
     assert_eq!(
-        LayerCache::key_at(&tree, &LayerOptions::default(), SystemTime::now()),
+        LayerCache::key_at(
+            Part::whole(&tree),
+            &LayerOptions::default(),
+            SystemTime::now()
+        ),
         None
     );
 }
@@ -94,11 +99,11 @@ fn a_recorded_layer_is_found_under_its_key_and_located_in_the_target() {
     let cache = LayerCache::new(cache_dir.path());
     let options = LayerOptions::default();
     let tree = walk(dir.path());
-    let key = LayerCache::key_at(&tree, &options, later()).expect("key");
+    let key = LayerCache::key_at(Part::whole(&tree), &options, later()).expect("key");
     assert_eq!(cache.get(&key), None);
 
     let built = build_layer(&tree, &options, out.path()).expect("layer");
-    cache.put(&key, &built);
+    cache.put(&key, &built, options.compression);
     let found = cache.get(&key).expect("cached").into_layer_blob();
     assert_eq!(found.descriptor, built.descriptor);
     assert_eq!(found.diff_id, built.diff_id);
@@ -118,4 +123,84 @@ fn an_unreadable_entry_is_a_miss() {
     )
     .expect("write");
     assert_eq!(cache.get(&key), None);
+}
+
+#[test]
+fn a_layer_is_known_by_its_diff_id_for_the_same_compression_only() {
+    let dir = context();
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    let out = tempfile::tempdir().expect("tempdir");
+    let cache = LayerCache::new(cache_dir.path());
+    let options = LayerOptions::default();
+    let built = build_layer(&walk(dir.path()), &options, out.path()).expect("layer");
+    assert_eq!(cache.known(&built.diff_id, options.compression), None);
+    cache.remember(&built, options.compression);
+    let found = cache
+        .known(&built.diff_id, options.compression)
+        .expect("known");
+    assert_eq!(found.descriptor, built.descriptor);
+    let zstd = Compression::Zstd { level: 3 };
+    assert_eq!(cache.known(&built.diff_id, zstd), None);
+    // Another process (or a restarted controller) reads what this one wrote.
+    let again = LayerCache::new(cache_dir.path()).with_memory(8);
+    assert_eq!(
+        again.known(&built.diff_id, options.compression),
+        Some(found)
+    );
+}
+
+#[test]
+fn repositories_pushed_to_are_remembered_on_disk_and_in_memory() {
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    let cache = LayerCache::new(cache_dir.path()).with_memory(8);
+    assert!(!cache.pushed_to("registry.test/o/app"));
+    cache.mark_pushed("registry.test/o/app");
+    assert!(cache.pushed_to("registry.test/o/app"));
+    assert!(!cache.pushed_to("registry.test/o/other"));
+    assert!(LayerCache::new(cache_dir.path()).pushed_to("registry.test/o/app"));
+}
+
+#[test]
+fn memory_keeps_at_most_its_capacity() {
+    let dir = context();
+    let out = tempfile::tempdir().expect("tempdir");
+    let built =
+        build_layer(&walk(dir.path()), &LayerOptions::default(), out.path()).expect("layer");
+    let mut memory = Memory {
+        capacity: 3,
+        ..Memory::default()
+    };
+    let entry = CachedLayer {
+        descriptor: built.descriptor.clone(),
+        diff_id: built.diff_id.clone(),
+        uncompressed_size: built.uncompressed_size,
+    };
+    for i in 0..10 {
+        memory.insert(format!("e{i}"), entry.clone());
+    }
+    assert_eq!(memory.entries.len(), 3);
+    assert!(memory.entries.contains_key("e9") && !memory.entries.contains_key("e6"));
+}
+
+#[test]
+fn each_part_has_its_own_key() {
+    let dir = context();
+    let tree = walk(dir.path());
+    let options = LayerOptions::default();
+    let key_of = |entries: &std::ops::Range<usize>| {
+        LayerCache::key_at(
+            Part {
+                tree: &tree,
+                entries,
+            },
+            &options,
+            later(),
+        )
+        .expect("key")
+    };
+    let whole = LayerCache::key_at(Part::whole(&tree), &options, later()).expect("key");
+    let (first, second) = (key_of(&(0..2)), key_of(&(2..3)));
+    assert_ne!(first, second);
+    assert_ne!(first, whole);
+    assert_eq!(key_of(&(0..3)), whole);
 }
