@@ -7,6 +7,7 @@
 //! that up.sh writes to `target/testenv/env.sh`.
 #![allow(dead_code)]
 
+pub mod contexts;
 pub mod targets;
 pub mod tls_server;
 
