@@ -752,3 +752,81 @@ fn an_image_on_a_base_index_runs_its_amd64_child_and_ctr_pulls_its_arm64_child()
     assert_eq!(config["architecture"], "arm64", "{config}");
     assert_eq!(config["os"], "linux", "{config}");
 }
+
+// ---------------------------------------------------------------------------
+// Incremental pulls
+
+impl Ctr {
+    /// The digests in containerd's content store (of every namespace: blobs are shared).
+    fn content_digests(&self) -> std::collections::BTreeSet<String> {
+        let out = self.run(&["content", "ls", "-q"], "");
+        String::from_utf8_lossy(&out)
+            .lines()
+            .map(|l| l.trim().to_owned())
+            .filter(|l| l.starts_with("sha256:"))
+            .collect()
+    }
+}
+
+/// The layer digests and sizes of `repo@digest` as Gitea serves it.
+fn gitea_layers(env: &TestEnv, image_ref: &str) -> Vec<(String, u64)> {
+    let raw = env
+        .raw_manifest(&env.gitea_ca, &env.gitea_creds(), image_ref)
+        .unwrap_or_else(|| panic!("skopeo cannot read {image_ref}"));
+    let manifest: Value = serde_json::from_slice(&raw).expect("manifest");
+    manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| {
+            (
+                l["digest"].as_str().expect("digest").to_owned(),
+                l["size"].as_u64().expect("size"),
+            )
+        })
+        .collect()
+}
+
+/// After one file of a large context changed, the node fetches the new layer and nothing it
+/// already holds: containerd's content store gains exactly the layers the new image does not
+/// share with the old one.
+#[test]
+#[ignore = "needs the real test environment or its tools: bash tests/test.sh runs it"]
+fn after_one_file_changed_the_node_pulls_only_the_new_layer() {
+    let node = node();
+    let env = node.env;
+    let work = tempfile::tempdir().expect("tempdir");
+    let context = work.path().join("large");
+    common::contexts::write_large_context(&context, 53);
+    let image = env.gitea_image(&common::unique_name("node-layers"));
+
+    let first = push_build(env, work.path(), &image, "v1", "", &context);
+    let mut ctr = Ctr::new(node);
+    ctr.pull_from_gitea(&first, "linux/amd64");
+    let old = gitea_layers(env, &first);
+    assert!(old.len() >= 2, "{} layers", old.len());
+
+    common::contexts::change_one_file(&context, "changed for the node");
+    let second = push_build(env, work.path(), &image, "v2", "", &context);
+    let new = gitea_layers(env, &second);
+    let changed: Vec<&(String, u64)> = new.iter().filter(|l| !old.contains(l)).collect();
+    assert!((1..=2).contains(&changed.len()), "{changed:?}");
+
+    let before = ctr.content_digests();
+    let started = Instant::now();
+    ctr.pull_from_gitea(&second, "linux/amd64");
+    let seconds = started.elapsed().as_secs_f64();
+    let fetched: Vec<&(String, u64)> = new
+        .iter()
+        .filter(|(digest, _)| !before.contains(digest))
+        .collect();
+    assert_eq!(fetched, changed, "the node fetched exactly the new layers");
+    let bytes: u64 = fetched.iter().map(|(_, size)| size).sum();
+    let total: u64 = new.iter().map(|(_, size)| size).sum();
+    eprintln!(
+        "node pull after one changed file: {} of {} layers, {bytes} of {total} bytes, {seconds:.2} s",
+        fetched.len(),
+        new.len()
+    );
+    assert!(ctr.content_digests().contains(&new[0].0));
+}
