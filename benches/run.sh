@@ -2,10 +2,13 @@
 # The registry benchmark of issue 7, in one run against the test environment's Gitea:
 #
 #   push        cold build + push of a ~500 MB and a ~20 MB context (benches/build_layer's
-#               deterministic corpus) by `imagebuild build --push`, by `tar` + `crane append`
+#               deterministic corpus) by `imagebuild build --push` (also with `layers: single`,
+#               the size reference of the split layers), by `tar` + `crane append`
 #               (go-containerregistry, default gzip) and by `tar | pigz` into an OCI layout
 #               (umoci) + `skopeo copy`; every run pushes to a fresh repository on the same base
-#   warm        the same push again (nothing changed), then with one file changed
+#   warm        the same push again (nothing changed), then with one file changed: the share of
+#               the layer bytes uploaded again, and (when the test node is up) the bytes and
+#               seconds of the node's pull of each image after the change
 #   controller  kubectl apply of a ConfigMap + ImageBuild to Ready=True, N times in a row, then
 #               M ImageBuilds at once; controller peak RSS (VmHWM)
 #   profile     per-stage timers of our layer builder on the ~500 MB context, plus upload time
@@ -30,6 +33,8 @@
 #                                                   # (shared machine: never start or stop it)
 #   BENCH_SERIAL=50 BENCH_MANY=200 benches/run.sh   # controller run counts (these defaults)
 #   BENCH_SIZES=small benches/run.sh                # cold pushes of the ~20 MB context only
+#   BENCH_CONTEXT=~/src/tree benches/run.sh         # a real tree instead of the ~500 MB corpus
+#                                                   # (copied once; warm edits its middle file)
 #   BENCH_RUST_LOG=debug benches/run.sh             # log filter of the controller it runs (default info)
 #   BENCH_ROLLOUTS=10 BENCH_SECTIONS=rollout benches/run.sh   # edits timed in rollout
 #
@@ -152,15 +157,21 @@ gitea_cpu() {
     2>/dev/null || echo 0
 }
 
-# Size of the last layer of IMAGE as the registry serves its manifest (of an index: its first
-# child's; the children share the layer).
+# Bytes of the layers a build of IMAGE added to its base (every layer after the base's one; all
+# of them for an image of one layer), as the registry serves its manifest (of an index: its
+# first child's; the children share the layers).
 layer_size() {
   local manifest
   manifest=$("$crane" manifest "$1")
   if jq -e '.manifests' <<<"$manifest" >/dev/null; then
     manifest=$("$crane" manifest "${1%:*}@$(jq -r '.manifests[0].digest' <<<"$manifest")")
   fi
-  jq '.layers[-1].size' <<<"$manifest"
+  jq 'if (.layers | length) > 1 then [.layers[1:][].size] | add else .layers[0].size end' <<<"$manifest"
+}
+
+# Layer digests and sizes of IMAGE, one "digest size" line each.
+layer_list() {
+  "$crane" manifest "$1" | jq -r '.layers[] | "\(.digest) \(.size)"'
 }
 
 # Bytes crane uploaded: the blobs it reports as pushed (not "existing"), sized from the manifest.
@@ -200,6 +211,10 @@ ib_push() { # NAME CONTEXT IMAGE [SPEC LINE]
 
 ib_zstd_push() { # NAME CONTEXT IMAGE: the opt-in zstd compression
   ib_push "$1" "$2" "$3" "compression: zstd"
+}
+
+ib_single_push() { # NAME CONTEXT IMAGE: the whole context in one layer
+  ib_push "$1" "$2" "$3" "layers: single"
 }
 
 crane_push() { # NAME CONTEXT IMAGE
@@ -299,10 +314,20 @@ prepare_contexts() {
   log "generating the contexts (reused when present)"
   "$layer_bench" --generate "$bench/context"
   "$layer_bench" --generate-small "$bench/context-small"
-  large_mb=$(($(du -sb "$bench/context" | cut -f1) / 1000000))
+  large=$bench/context
+  if [ -n "${BENCH_CONTEXT:-}" ]; then
+    # A real tree, copied once (the warm section edits a file of it).
+    large=$bench/context-real
+    if [ "$(cat "$large.source" 2>/dev/null)" != "$BENCH_CONTEXT" ]; then
+      log "copying $BENCH_CONTEXT to $large"
+      rm -rf "$large" && mkdir -p "$large" && cp -a "$BENCH_CONTEXT/." "$large/"
+      echo "$BENCH_CONTEXT" >"$large.source"
+    fi
+  fi
+  large_mb=$(($(du -sb "$large" | cut -f1) / 1000000))
   small_mb=$(($(du -sb "$bench/context-small" | cut -f1) / 1000000))
   # Warm the page cache so every tool reads the same cached files.
-  tar -c -C "$bench" context context-small | wc -c >/dev/null
+  tar -c -C "$bench" "${large#"$bench"/}" context-small | wc -c >/dev/null
 }
 
 push_base() {
@@ -318,9 +343,9 @@ push_base() {
 section_push() {
   local size context n tool best
   for size in $sizes; do
-    context=$bench/context
+    context=$large
     [ $size = large ] || context=$bench/context-small
-    for tool in crane imagebuild imagebuild_zstd skopeo; do
+    for tool in crane imagebuild imagebuild_single imagebuild_zstd skopeo; do
       best=""
       for ((n = 1; n <= runs; n++)); do
         local name=cold-$size-$tool-$n image=$gitea/$owner/bench-$run_id-$size-${tool//_/-}-$n
@@ -337,6 +362,7 @@ section_push() {
       local label=$tool
       [ $tool != imagebuild ] || label="imagebuild build --push"
       [ $tool != imagebuild_zstd ] || label="imagebuild, zstd (opt-in)"
+      [ $tool != imagebuild_single ] || label="imagebuild, layers: single"
       [ $tool != crane ] || label="tar + crane append"
       [ $tool != skopeo ] || label="tar + pigz, umoci, skopeo"
       row "$label"
@@ -350,27 +376,79 @@ section_push() {
 section_warm() {
   local image_ib=${last_large_imagebuild_image:-$gitea/$owner/bench-$run_id-warm-imagebuild}
   local image_cr=${last_large_crane_image:-$gitea/$owner/bench-$run_id-warm-crane}
-  local changed=$bench/context/src/module-000/part-0/file-000.rs saved=$work/changed.orig
+  local changed=$large/src/module-000/part-0/file-000.rs saved=$work/changed.orig
+  if [ -n "${BENCH_CONTEXT:-}" ]; then
+    # The middle text file of the real tree, in path order.
+    changed=$large/$(cd "$large" && find . -type f -size +1k -size -64k | LC_ALL=C sort | awk '{ f[NR] = $0 } END { print f[int(NR / 2)] }')
+  fi
   if [ -z "${last_large_imagebuild_image:-}" ]; then
     log "warm: first pushes (no push section ran)"
-    ib_push warm-first-imagebuild "$bench/context" "$image_ib"
-    crane_push warm-first-crane "$bench/context" "$image_cr"
+    ib_push warm-first-imagebuild "$large" "$image_ib"
+    crane_push warm-first-crane "$large" "$image_cr"
   fi
   log "warm: nothing changed"
-  crane_push warm-same-crane "$bench/context" "$image_cr"
+  crane_push warm-same-crane "$large" "$image_cr"
   row "crane, nothing changed"
-  ib_push warm-same-imagebuild "$bench/context" "$image_ib"
+  ib_push warm-same-imagebuild "$large" "$image_ib"
   row "imagebuild, nothing changed"
   log "warm: one file changed"
+  node_pull_start "$image_ib:latest" "$image_cr:latest"
   cp -p "$changed" "$saved"
   cleanup_steps+=("cp -p '$saved' '$changed'")
   echo "// changed by benches/run.sh $run_id" >>"$changed"
-  crane_push warm-one-crane "$bench/context" "$image_cr"
+  crane_push warm-one-crane "$large" "$image_cr"
   row "crane, one file changed"
-  ib_push warm-one-imagebuild "$bench/context" "$image_ib"
+  local crane_layers=$compressed
+  ib_push warm-one-imagebuild "$large" "$image_ib"
   row "imagebuild, one file changed"
   cp -p "$saved" "$changed"
   print_rows "Warm push of the ${large_mb} MB context to the same repository"
+  awk -v u="$uploaded" -v c="$compressed" -v n="$(layer_list "$image_ib:latest" | wc -l)" \
+    'BEGIN { printf "\nOne file changed: imagebuild uploaded %d bytes, %.2f%% of its %d bytes of layers (%d layers, the base\x27s included).\n", u, 100 * u / c, c, n }' |
+    tee -a "$results/summary.md"
+  echo "crane uploaded its whole layer again: $crane_layers bytes." | tee -a "$results/summary.md"
+  node_pull_finish "$image_ib:latest" "$image_cr:latest"
+}
+
+# What a node pulls after the one-file change: with the test node up (tests/env/node-up.sh;
+# it is not started for this), ctr on the node's containerd pulls both images before the change
+# and again after it; the bytes it fetched the second time (blobs new to its content store) and
+# the seconds that pull took, for imagebuild's image and crane's.
+node_pull_ready=""
+ctr_bench() {
+  timeout 600 ctr --address "$IMAGEBUILD_TEST_CONTAINERD_SOCKET" -n imagebuild-bench "$@"
+}
+ctr_pull() { # IMAGE
+  ctr_bench images pull --platform linux/amd64 --tlscacert "$IMAGEBUILD_TEST_GITEA_CA" \
+    --user "$IMAGEBUILD_TEST_GITEA_USER:$IMAGEBUILD_TEST_GITEA_PASSWORD" "$1" >/dev/null
+}
+node_pull_start() { # IMAGE...
+  if ! bash tests/env/node-up.sh --check >/dev/null 2>&1; then
+    log "warm: the test node is not up; no node pull figures"
+    return 0
+  fi
+  # shellcheck disable=SC1091
+  source target/testenv/node.sh
+  node_pull_ready=1
+  local image
+  for image in "$@"; do
+    log "warm: the node pulls $image before the change"
+    ctr_pull "$image"
+    cleanup_steps+=("ctr_bench images rm --sync '$image' >/dev/null 2>&1")
+  done
+}
+node_pull_finish() { # IMAGE...
+  [ -n "$node_pull_ready" ] || return 0
+  local image before started seconds fetched
+  echo | tee -a "$results/summary.md"
+  for image in "$@"; do
+    before=$(ctr_bench content ls -q | sort)
+    started=$(date +%s.%N)
+    ctr_pull "$image"
+    seconds=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+    fetched=$(layer_list "$image" | sort | join -v 1 - <(echo "$before") | awk '{ n++; s += $2 } END { printf "%d bytes in %d layers", s, n }')
+    echo "Node pull of $image after the change: $fetched fetched, $seconds s." | tee -a "$results/summary.md"
+  done
 }
 
 # Installs the chart with no replicas (as tests/controller_support does) and runs the release
@@ -578,7 +656,7 @@ section_platforms() {
   ib_push base-index "$work/base-context" "$index_base" "platforms: [linux/amd64, linux/arm64]"
   base=$index_base:latest
   local large_one large_two
-  platform_pairs large "$bench/context"
+  platform_pairs large "$large"
   large_one=$row_one large_two=$row_two
   mkdir -p "$work/one-file"
   echo "one file" >"$work/one-file/FILE"
@@ -606,12 +684,12 @@ section_platforms() {
 
 section_profile() {
   log "profile: stage timers of the layer builder on the ${large_mb} MB context"
-  timed profile-layer "$layer_bench" "$bench/context" --out "$work"
+  timed profile-layer "$layer_bench" "$large" --out "$work"
   local stages layer_wall layer_cpu layer_rss push_wall
   stages=$(sed -n 's/^stages=//p' "$results/profile-layer.out")
   layer_wall=$wall layer_cpu=$cpu layer_rss=$rss
   imagebuild_file "$work/profile.yaml" "$gitea/$owner/bench-$run_id-profile"
-  timed profile-push "$imagebuild" build -f "$work/profile.yaml" --context "$bench/context" \
+  timed profile-push "$imagebuild" build -f "$work/profile.yaml" --context "$large" \
     --push --ca-file "$IMAGEBUILD_TEST_GITEA_CA" --username "$IMAGEBUILD_TEST_GITEA_USER" \
     --password-stdin <<<"$IMAGEBUILD_TEST_GITEA_PASSWORD"
   push_wall=$wall

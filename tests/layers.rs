@@ -10,7 +10,10 @@ use std::process::Output;
 
 use serde_json::Value;
 
-use common::contexts::{assert_same_files, change_one_file, write_large_context};
+use common::contexts::{
+    assert_same_files, bytes_uploaded as uploaded, change_one_file, layer_list as layers,
+    write_large_context,
+};
 use common::targets::Target;
 
 /// `imagebuild ARGS` with the password on stdin and the layer cache in `cache`.
@@ -59,24 +62,6 @@ fn push(
     ok(run(cache, &args, &target.password))
 }
 
-/// The bytes the command said it uploaded.
-fn uploaded(stderr: &str) -> u64 {
-    let at = stderr
-        .find(" bytes uploaded")
-        .unwrap_or_else(|| panic!("no upload figure: {stderr}"));
-    let digits: String = stderr[..at]
-        .chars()
-        .rev()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits
-        .chars()
-        .rev()
-        .collect::<String>()
-        .parse()
-        .expect("a number")
-}
-
 /// The manifest (or index) `reference` serves, as JSON.
 fn manifest(target: &Target, reference: &str) -> Value {
     let env = common::env();
@@ -84,21 +69,6 @@ fn manifest(target: &Target, reference: &str) -> Value {
         .raw_manifest(&target.ca, &target.creds(), reference)
         .unwrap_or_else(|| panic!("skopeo cannot read {reference}"));
     serde_json::from_slice(&raw).expect("manifest JSON")
-}
-
-/// (digest, size) of each layer of a manifest.
-fn layers(manifest: &Value) -> Vec<(String, u64)> {
-    manifest["layers"]
-        .as_array()
-        .expect("layers")
-        .iter()
-        .map(|l| {
-            (
-                l["digest"].as_str().expect("digest").to_owned(),
-                l["size"].as_u64().expect("size"),
-            )
-        })
-        .collect()
 }
 
 /// The repository part of `host/owner/name@sha256:…`, with the digest as a reference.

@@ -770,21 +770,7 @@ impl Ctr {
 
 /// The layer digests and sizes of `repo@digest` as Gitea serves it.
 fn gitea_layers(env: &TestEnv, image_ref: &str) -> Vec<(String, u64)> {
-    let raw = env
-        .raw_manifest(&env.gitea_ca, &env.gitea_creds(), image_ref)
-        .unwrap_or_else(|| panic!("skopeo cannot read {image_ref}"));
-    let manifest: Value = serde_json::from_slice(&raw).expect("manifest");
-    manifest["layers"]
-        .as_array()
-        .expect("layers")
-        .iter()
-        .map(|l| {
-            (
-                l["digest"].as_str().expect("digest").to_owned(),
-                l["size"].as_u64().expect("size"),
-            )
-        })
-        .collect()
+    common::contexts::served_layers(&env.gitea_ca, &env.gitea_creds(), image_ref)
 }
 
 /// After one file of a large context changed, the node fetches the new layer and nothing it

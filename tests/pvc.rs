@@ -876,40 +876,12 @@ impl Drop for ClusterObject {
 /// The layers (digest, size) of a manifest in Gitea.
 fn pushed_layers(image_ref: &str) -> Vec<(String, u64)> {
     let env = env();
-    let raw = env
-        .raw_manifest(&env.gitea_ca, &env.gitea_creds(), image_ref)
-        .unwrap_or_else(|| panic!("skopeo cannot read {image_ref}"));
-    let manifest: Value = serde_json::from_slice(&raw).expect("manifest");
-    manifest["layers"]
-        .as_array()
-        .expect("layers")
-        .iter()
-        .map(|l| {
-            (
-                l["digest"].as_str().expect("digest").to_owned(),
-                l["size"].as_u64().expect("size"),
-            )
-        })
-        .collect()
+    common::contexts::served_layers(&env.gitea_ca, &env.gitea_creds(), image_ref)
 }
 
 /// The bytes the Ready message says were uploaded.
 fn uploaded(ib: &Value) -> u64 {
-    let (_, _, message) = condition(ib);
-    let at = message
-        .find(" bytes uploaded")
-        .unwrap_or_else(|| panic!("no upload figure: {message}"));
-    let digits: String = message[..at]
-        .chars()
-        .rev()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits
-        .chars()
-        .rev()
-        .collect::<String>()
-        .parse()
-        .expect("a number")
+    common::contexts::bytes_uploaded(&condition(ib).2)
 }
 
 /// A claim of about 85 MB is several layers; after one of its files changes, a rebuild uploads

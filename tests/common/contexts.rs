@@ -110,3 +110,39 @@ impl XorShift {
         self.0
     }
 }
+
+/// (digest, size) of each layer of a manifest.
+pub fn layer_list(manifest: &serde_json::Value) -> Vec<(String, u64)> {
+    manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| {
+            (
+                l["digest"].as_str().expect("digest").to_owned(),
+                l["size"].as_u64().expect("size"),
+            )
+        })
+        .collect()
+}
+
+/// The layers of the manifest `reference` serves, read by skopeo with `ca` and `creds`.
+pub fn served_layers(ca: &Path, creds: &str, reference: &str) -> Vec<(String, u64)> {
+    let raw = super::env()
+        .raw_manifest(ca, creds, reference)
+        .unwrap_or_else(|| panic!("skopeo cannot read {reference}"));
+    layer_list(&serde_json::from_slice(&raw).expect("manifest JSON"))
+}
+
+/// The number before ` bytes uploaded` in a command's output or a Ready message.
+pub fn bytes_uploaded(text: &str) -> u64 {
+    let at = text
+        .find(" bytes uploaded")
+        .unwrap_or_else(|| panic!("no upload figure: {text}"));
+    let digits: String = text[..at]
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.chars().rev().collect::<String>().parse().expect("a number")
+}
