@@ -610,7 +610,8 @@ pub async fn push(
     flags: &RegistryFlags,
     out: &OutputFlags,
 ) -> Result<(), Failure> {
-    let (image, destination) = if is_layout(source) {
+    // A stored image's blobs stay in the store while `_reading` is held: to the end of the upload.
+    let (image, destination, _reading) = if is_layout(source) {
         let destination = destination.ok_or_else(|| {
             Failure::input(format!(
                 "{source} is an OCI image layout; name where to push it: imagebuild push {source} host/owner/name:tag"
@@ -618,19 +619,20 @@ pub async fn push(
         })?;
         let (dir, tag) = split_layout_arg(source);
         let image = crate::layout::read(Path::new(dir), tag).map_err(BuildError::from)?;
-        (image, destination.to_owned())
+        (image, destination.to_owned(), None)
     } else if Path::new(split_layout_arg(source).0).is_dir() {
         return Err(Failure::input(format!(
             "{source} is a directory but not an OCI image layout (it has no oci-layout file)"
         )));
     } else {
         let store = Store::open_default()?;
-        let image = store.read(source)?;
+        let reading = store.read_lock()?;
+        let image = store.read(source, &reading)?;
         let destination = match destination {
             Some(destination) => destination.to_owned(),
             None => crate::store::image_name(source)?,
         };
-        (image, destination)
+        (image, destination, Some(reading))
     };
     let reference = ImageRef::parse(&destination).map_err(BuildError::from)?;
     let tags: Vec<String> = reference.tag.iter().cloned().collect();
