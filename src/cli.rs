@@ -3,6 +3,7 @@
 //! every failure into one line and an exit code.
 
 mod local;
+mod size;
 mod spec_flags;
 
 pub use local::{images, remove_image, save};
