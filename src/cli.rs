@@ -3,13 +3,17 @@
 //! every failure into one line and an exit code.
 
 mod local;
+mod progress;
+mod size;
 mod spec_flags;
 
 pub use local::{images, remove_image, save};
+use progress::{LayerProgress, ProgressLine, ProgressMode, UploadProgress};
 pub use spec_flags::{SpecFlagError, SpecFlags};
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::Args;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -138,19 +142,19 @@ impl OutputFlags {
         self.output_format == OutputFormat::Json
     }
 
-    /// Progress of uploads: on a terminal, unless `--quiet`.
-    fn progress(&self) -> std::sync::Arc<dyn crate::registry::Progress> {
-        if self.quiet {
-            crate::registry::no_progress()
-        } else {
-            progress()
-        }
+    /// Progress of an upload of at most `total` bytes on stderr: redrawn on a terminal, plain
+    /// lines otherwise, nothing with `--quiet`. Call its `finish` when the upload is done.
+    fn upload_progress(&self, total: u64) -> Arc<UploadProgress> {
+        Arc::new(UploadProgress::new(self.progress_line(), total))
     }
 
-    fn finish_progress(&self) {
-        if !self.quiet {
-            finish_progress();
-        }
+    /// Progress of a build's layers on stderr, as [`OutputFlags::upload_progress`] shows it.
+    fn layer_progress(&self) -> Arc<LayerProgress> {
+        Arc::new(LayerProgress::new(self.progress_line()))
+    }
+
+    fn progress_line(&self) -> ProgressLine {
+        ProgressLine::stderr(ProgressMode::for_stderr(self.quiet))
     }
 }
 
@@ -517,6 +521,7 @@ pub async fn build(
         Some(dir) => crate::layout::blobs_dir(dir).map_err(BuildError::from)?,
         None => scratch.path().to_path_buf(),
     };
+    let layers = out.layer_progress();
     let job = BuildJob {
         spec,
         source,
@@ -527,12 +532,13 @@ pub async fn build(
         source_date_epoch: source_date_epoch()?,
         // A layout needs the layer's bytes, so only a push alone may skip building it.
         upload_while_building: request.push,
-        progress: crate::build::no_build_progress(),
+        progress: layers.clone(),
         layer_cache: (request.cache && request.push && request.output.is_none())
             .then(LayerCache::user_default)
             .flatten(),
     };
     let mut prepared = crate::build::build_image(&job).await?;
+    layers.finish();
     let report = BuildReport {
         digest: prepared.image.digest().to_string(),
         size: prepared.image.size(),
@@ -566,8 +572,9 @@ pub async fn build(
                 prepared.layers_reused, prepared.layers
             ));
         }
-        let pushed = crate::build::push_image(&job, prepared, out.progress()).await?;
-        out.finish_progress();
+        let uploads = out.upload_progress(prepared.image.size());
+        let pushed = crate::build::push_image(&job, prepared, uploads.clone()).await?;
+        uploads.finish();
         let overlap = match pushed.uploaded_while_building {
             0 => String::new(),
             n => format!(", {n} of them while the layer was written"),
@@ -603,7 +610,8 @@ pub async fn push(
     flags: &RegistryFlags,
     out: &OutputFlags,
 ) -> Result<(), Failure> {
-    let (image, destination) = if is_layout(source) {
+    // A stored image's blobs stay in the store while `_reading` is held: to the end of the upload.
+    let (image, destination, _reading) = if is_layout(source) {
         let destination = destination.ok_or_else(|| {
             Failure::input(format!(
                 "{source} is an OCI image layout; name where to push it: imagebuild push {source} host/owner/name:tag"
@@ -611,19 +619,20 @@ pub async fn push(
         })?;
         let (dir, tag) = split_layout_arg(source);
         let image = crate::layout::read(Path::new(dir), tag).map_err(BuildError::from)?;
-        (image, destination.to_owned())
+        (image, destination.to_owned(), None)
     } else if Path::new(split_layout_arg(source).0).is_dir() {
         return Err(Failure::input(format!(
             "{source} is a directory but not an OCI image layout (it has no oci-layout file)"
         )));
     } else {
         let store = Store::open_default()?;
-        let image = store.read(source)?;
+        let reading = store.read_lock()?;
+        let image = store.read(source, &reading)?;
         let destination = match destination {
             Some(destination) => destination.to_owned(),
             None => crate::store::image_name(source)?,
         };
-        (image, destination)
+        (image, destination, Some(reading))
     };
     let reference = ImageRef::parse(&destination).map_err(BuildError::from)?;
     let tags: Vec<String> = reference.tag.iter().cloned().collect();
@@ -633,17 +642,18 @@ pub async fn push(
         tags
     };
     let client = client_for(flags, &reference.registry).await?;
+    let uploads = out.upload_progress(image.size());
     let report = crate::registry::push(
         &client,
         &reference.repository,
         &image,
         &tags,
         None,
-        out.progress(),
+        uploads.clone(),
     )
     .await
     .map_err(BuildError::from)?;
-    out.finish_progress();
+    uploads.finish();
     out.note(format_args!(
         "{} bytes uploaded, {} blobs already there",
         report.bytes_uploaded, report.blobs_skipped
@@ -817,60 +827,6 @@ fn source_date_epoch() -> Result<Option<i64>, Failure> {
             ))
         }),
         _ => Ok(None),
-    }
-}
-
-/// A progress line on stderr when it is a terminal; nothing otherwise.
-struct TerminalProgress {
-    sent: std::sync::atomic::AtomicU64,
-    started: std::time::Instant,
-    last_draw: std::sync::Mutex<std::time::Instant>,
-}
-
-impl crate::registry::Progress for TerminalProgress {
-    fn add(&self, bytes: u64) {
-        use std::sync::atomic::Ordering;
-        let sent = self.sent.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        let Ok(mut last) = self.last_draw.lock() else {
-            return;
-        };
-        if last.elapsed() < std::time::Duration::from_millis(200) {
-            return;
-        }
-        *last = std::time::Instant::now();
-        let seconds = self.started.elapsed().as_secs_f64().max(0.001);
-        let mib = sent as f64 / (1024.0 * 1024.0);
-        eprint!(
-            "\rimagebuild: uploaded {mib:.1} MiB ({:.1} MiB/s)   ",
-            mib / seconds
-        );
-    }
-
-    fn rewind(&self, bytes: u64) {
-        self.sent.fetch_sub(
-            bytes.min(self.sent.load(std::sync::atomic::Ordering::Relaxed)),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-    }
-}
-
-fn progress() -> std::sync::Arc<dyn crate::registry::Progress> {
-    use std::io::IsTerminal;
-    if std::io::stderr().is_terminal() {
-        std::sync::Arc::new(TerminalProgress {
-            sent: Default::default(),
-            started: std::time::Instant::now(),
-            last_draw: std::sync::Mutex::new(std::time::Instant::now()),
-        })
-    } else {
-        crate::registry::no_progress()
-    }
-}
-
-fn finish_progress() {
-    use std::io::IsTerminal;
-    if std::io::stderr().is_terminal() {
-        eprintln!();
     }
 }
 

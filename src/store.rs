@@ -1,9 +1,14 @@
 //! The local image store: one OCI image layout (by default `$XDG_DATA_HOME/imagebuild`) where
 //! `imagebuild build` keeps what it built, each image under its full name
 //! (`host/owner/name:tag`, the `org.opencontainers.image.ref.name` of its `index.json` entry),
-//! with blobs shared between names. Every change of `index.json` happens under an exclusive
-//! lock on the store's lock file, so two commands may write at once; blobs go in through a
-//! temporary file and a rename, and `rmi` removes only blobs no remaining name needs.
+//! with blobs shared between names.
+//!
+//! The lock rule: commands that change the store (`add`, `tag`, `remove`) hold the store's lock
+//! file exclusively; commands that use its blobs (`images`, `save` for the whole archive, a push
+//! of a stored image for the whole upload through [`Store::read_lock`]) hold it shared. So two
+//! commands may write at once, readers do not wait for each other, and `rmi` never deletes a
+//! blob while another command is reading it. Blobs go in through a temporary file and a rename,
+//! `index.json` is replaced by a rename, and `rmi` removes only blobs no remaining name needs.
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs;
@@ -101,8 +106,19 @@ pub struct Store {
     root: PathBuf,
 }
 
-/// Held while `index.json` is read, changed and written; released when dropped.
-struct StoreLock(#[allow(dead_code)] fs::File);
+/// A hold on the store's lock file, released when dropped: exclusive while `index.json` is
+/// changed and unused blobs deleted, shared while blobs are read (see the module's lock rule).
+#[derive(Debug)]
+pub struct StoreLock(#[allow(dead_code)] fs::File);
+
+/// How a [`StoreLock`] holds the lock file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LockMode {
+    /// Readers: many at once; writers wait.
+    Shared,
+    /// A writer alone.
+    Exclusive,
+}
 
 impl Store {
     /// `$IMAGEBUILD_STORE`, else `$XDG_DATA_HOME/imagebuild`, else
@@ -154,6 +170,7 @@ impl Store {
 
     /// The images of the store, one per name, in the order they were stored.
     pub fn images(&self) -> Result<Vec<StoredImage>, StoreError> {
+        let _reading = self.read_lock()?;
         let index = layout::read_index(&self.root)?;
         index
             .manifests
@@ -163,8 +180,16 @@ impl Store {
             .collect()
     }
 
-    /// The image stored as `name` (a full name or anything [`image_name`] completes).
-    pub fn read(&self, name: &str) -> Result<Built, StoreError> {
+    /// A shared lock on the store: `add`, `tag` and `remove` wait until it is dropped, other
+    /// readers do not. Hold it for as long as blobs of the store are used (a push's upload).
+    pub fn read_lock(&self) -> Result<StoreLock, StoreError> {
+        self.lock_as(LockMode::Shared)
+    }
+
+    /// The image stored as `name` (a full name or anything [`image_name`] completes). Its
+    /// layers are files of the store, so the caller holds a [`Store::read_lock`] (`_reading`)
+    /// for as long as it uses them.
+    pub fn read(&self, name: &str, _reading: &StoreLock) -> Result<Built, StoreError> {
         let name = image_name(name)?;
         self.entry(&name)?;
         Ok(layout::read(&self.root, Some(&name))?)
@@ -216,9 +241,10 @@ impl Store {
     }
 
     /// Writes the image named `name` as an OCI archive: a tar of a layout holding it alone.
-    /// Blobs are streamed from their files.
+    /// Blobs are streamed from their files, under a shared lock until the archive is whole.
     pub fn save(&self, name: &str, archive: &Path) -> Result<Digest, StoreError> {
         let name = image_name(name)?;
+        let _reading = self.read_lock()?;
         let index = layout::read_index(&self.root)?;
         let entry = find(&index.manifests, &name)
             .cloned()
@@ -317,7 +343,13 @@ impl Store {
         }
     }
 
+    /// The exclusive lock of a change.
     fn lock(&self) -> Result<StoreLock, StoreError> {
+        self.lock_as(LockMode::Exclusive)
+    }
+
+    /// Waits for the store's lock file in `mode` (creating the store and the file if need be).
+    fn lock_as(&self, mode: LockMode) -> Result<StoreLock, StoreError> {
         fs::create_dir_all(&self.root).map_err(io("create", &self.root))?;
         let path = self.root.join(LOCK_FILE);
         let file = fs::OpenOptions::new()
@@ -326,7 +358,11 @@ impl Store {
             .write(true)
             .open(&path)
             .map_err(io("open", &path))?;
-        file.lock().map_err(io("lock", &path))?;
+        let locked = match mode {
+            LockMode::Shared => file.lock_shared(),
+            LockMode::Exclusive => file.lock(),
+        };
+        locked.map_err(io("lock", &path))?;
         Ok(StoreLock(file))
     }
 

@@ -132,6 +132,16 @@ fn push_context(target: &Target, file: &Path, context: &Path) -> (String, String
     (stdout, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// N of the note `pushed ... (N bytes uploaded...)` in a push's stderr (among progress lines).
+fn bytes_uploaded(log: &str) -> u64 {
+    log.lines()
+        .find(|l| l.contains("bytes uploaded"))
+        .and_then(|l| l.rsplit('(').next())
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in: {log}"))
+}
+
 fn pushed_image_holds_the_context(target: Target) {
     let env = common::env();
     let work = tempfile::tempdir().expect("tempdir");
@@ -382,11 +392,7 @@ fn large_context_uploads_while_building(target: Target) {
         "same image as the layout build"
     );
     assert_eq!(target.served_digest(env, &format!("{image}:latest")), built);
-    let uploaded: u64 = log
-        .split_once('(')
-        .and_then(|(_, rest)| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no byte count in {log}"));
+    let uploaded = bytes_uploaded(&log);
     assert!(log.contains("while the layer was written"), "{log}");
     assert!(
         uploaded < data.len() as u64 + (1 << 20),
@@ -660,13 +666,7 @@ fn two_platform_scratch_build_is_an_index_every_child_of_which_runs_the_same_fil
     }
     assert_eq!(layers[0], layers[1], "the children share one layer");
     let layer_size = layers[0][0]["size"].as_u64().expect("layer size");
-    let uploaded: u64 = log
-        .lines()
-        .find(|l| l.contains("bytes uploaded"))
-        .and_then(|l| l.rsplit('(').next())
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("bytes uploaded in: {log}"));
+    let uploaded = bytes_uploaded(&log);
     assert_eq!(
         uploaded,
         layer_size + config_bytes,

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::{Failure, OutputFlags, print_json};
+use super::{Failure, OutputFlags, print_json, size};
 use crate::reference::ImageRef;
 use crate::store::{Store, StoredImage, image_name};
 
@@ -25,7 +25,7 @@ pub fn images_table(images: &[StoredImage]) -> String {
             [
                 image.name.clone(),
                 short_digest(&image.digest),
-                human_size(image.size),
+                size::decimal(image.size),
                 image.created.clone().unwrap_or_else(|| "-".into()),
                 image.platforms.join(","),
             ]
@@ -59,24 +59,6 @@ fn short_digest(digest: &str) -> String {
     digest.chars().take("sha256:".len() + 12).collect()
 }
 
-/// Bytes as B, kB, MB or GB (decimal, as registries and `docker images` show them).
-fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 3] = ["kB", "MB", "GB"];
-    if bytes < 1000 {
-        return format!("{bytes} B");
-    }
-    let mut size = bytes as f64 / 1000.0;
-    let mut unit = UNITS[0];
-    for next in &UNITS[1..] {
-        if size < 1000.0 {
-            break;
-        }
-        size /= 1000.0;
-        unit = next;
-    }
-    format!("{size:.1} {unit}")
-}
-
 /// `imagebuild tag SOURCE TARGET` on the local store: TARGET is a full name, or a tag of
 /// SOURCE's repository.
 pub fn tag(store: &Store, source: &str, target: &str, out: &OutputFlags) -> Result<(), Failure> {
@@ -102,7 +84,7 @@ pub fn remove_image(name: &str, out: &OutputFlags) -> Result<(), Failure> {
     out.note(format_args!(
         "deleted {} blobs ({}) no other name used",
         removed.blobs_deleted,
-        human_size(removed.bytes_freed)
+        size::decimal(removed.bytes_freed)
     ));
     println!("untagged {} ({})", removed.name, removed.digest);
     Ok(())

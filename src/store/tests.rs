@@ -1,6 +1,8 @@
 //! The local image store in a temporary directory: names, sharing, removal, archives, and two
 //! writers at once.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 
 use super::*;
@@ -8,6 +10,16 @@ use crate::context::{ContextItem, ContextOptions, FileTree};
 use crate::image::{self, ImageSpec};
 use crate::layer::{self, LayerOptions};
 use crate::oci::BuiltImage;
+
+/// A fresh directory under the target directory's `tmp` (where cargo keeps integration tests'
+/// `CARGO_TARGET_TMPDIR`), found from this test binary's place in `target/debug/deps`.
+fn scratch_dir() -> tempfile::TempDir {
+    let exe = std::env::current_exe().expect("test binary");
+    let target = exe.ancestors().nth(3).expect("target directory");
+    let tmp = target.join("tmp");
+    fs::create_dir_all(&tmp).expect("target/tmp");
+    tempfile::tempdir_in(tmp).expect("tempdir")
+}
 
 /// A scratch image of one file holding `content`, its layer in a scratch directory of `store`.
 fn image(store: &Store, content: &'static str) -> (tempfile::TempDir, Built) {
@@ -24,6 +36,12 @@ fn image(store: &Store, content: &'static str) -> (tempfile::TempDir, Built) {
     let built: BuiltImage =
         image::assemble(None, std::slice::from_ref(&layer), &ImageSpec::default()).expect("image");
     (scratch, Built::Image(built))
+}
+
+/// The image named `name`, read under a read lock of `store`.
+fn read(store: &Store, name: &str) -> Built {
+    let reading = store.read_lock().expect("read lock");
+    store.read(name, &reading).expect("read")
 }
 
 fn names(store: &Store) -> Vec<String> {
@@ -64,7 +82,7 @@ fn names_are_completed_as_docker_reads_them() {
 
 #[test]
 fn a_stored_image_is_listed_under_each_name_with_its_digest_size_and_platform() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = scratch_dir();
     let store = Store::open(dir.path().join("store"));
     let (_scratch, built) = image(&store, "hello\n");
     let tags = [
@@ -81,13 +99,13 @@ fn a_stored_image_is_listed_under_each_name_with_its_digest_size_and_platform() 
         assert_eq!(image.platforms, ["linux/amd64"]);
         assert_eq!(image.created.as_deref(), Some("1970-01-01T00:00:00Z"));
     }
-    let read = store.read("h.example/me/app:v2").expect("read");
+    let read = read(&store, "h.example/me/app:v2");
     assert_eq!(read.digest(), built.digest());
 }
 
 #[test]
 fn an_empty_store_lists_nothing_and_names_what_it_lacks() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = scratch_dir();
     let store = Store::open(dir.path().join("never-written"));
     assert!(store.images().expect("images").is_empty());
     let missing = store
@@ -104,7 +122,7 @@ fn an_empty_store_lists_nothing_and_names_what_it_lacks() {
 
 #[test]
 fn tag_adds_a_name_for_the_same_digest_and_moves_an_existing_one() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = scratch_dir();
     let store = Store::open(dir.path());
     let (_a, first) = image(&store, "one\n");
     let (_b, second) = image(&store, "two\n");
@@ -129,15 +147,12 @@ fn tag_adds_a_name_for_the_same_digest_and_moves_an_existing_one() {
             "h.example/other/c:latest"
         ]
     );
-    assert_eq!(
-        store.read("h.example/other/c").expect("read").digest(),
-        second.digest()
-    );
+    assert_eq!(read(&store, "h.example/other/c").digest(), second.digest());
 }
 
 #[test]
 fn rmi_keeps_blobs_another_name_uses_and_deletes_the_rest() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = scratch_dir();
     let store = Store::open(dir.path());
     let (_a, first) = image(&store, "one\n");
     let (_b, second) = image(&store, "two\n");
@@ -167,12 +182,12 @@ fn rmi_keeps_blobs_another_name_uses_and_deletes_the_rest() {
     assert_eq!(blob_count(&store), 3);
     assert_eq!(names(&store), ["h.example/me/b:1"]);
     // What is left still reads whole.
-    store.read("h.example/me/b:1").expect("b reads back");
+    read(&store, "h.example/me/b:1");
 }
 
 #[test]
 fn save_writes_an_archive_of_a_layout_holding_that_image_alone() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = scratch_dir();
     let store = Store::open(dir.path().join("store"));
     let (_a, first) = image(&store, "one\n");
     let (_b, second) = image(&store, "two\n");
@@ -191,16 +206,13 @@ fn save_writes_an_archive_of_a_layout_holding_that_image_alone() {
         .expect("unpack");
     let alone = Store::open(&unpacked);
     assert_eq!(names(&alone), ["h.example/me/a:1"]);
-    assert_eq!(
-        alone.read("h.example/me/a:1").expect("read").digest(),
-        first.digest()
-    );
+    assert_eq!(read(&alone, "h.example/me/a:1").digest(), first.digest());
     assert_eq!(blob_count(&alone), 3, "the other image's blobs stay out");
 }
 
 #[test]
 fn two_writers_at_once_lose_no_name() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = scratch_dir();
     let store = Store::open(dir.path());
     let (_a, built) = image(&store, "shared\n");
     store
@@ -226,4 +238,31 @@ fn two_writers_at_once_lose_no_name() {
         writer.join().expect("writer");
     }
     assert_eq!(names(&store).len(), 41);
+}
+
+#[test]
+fn rmi_waits_until_a_reader_of_the_image_lets_go() {
+    let dir = scratch_dir();
+    let store = Store::open(dir.path());
+    let (_a, built) = image(&store, "pushed\n");
+    store
+        .add(&built, &["h.example/me/app:1".into()])
+        .expect("add");
+    // What a push of the stored image holds for its whole upload.
+    let reading = store.read_lock().expect("read lock");
+    store.read("h.example/me/app:1", &reading).expect("read");
+
+    let remover = {
+        let store = store.clone();
+        std::thread::spawn(move || store.remove("h.example/me/app:1"))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!remover.is_finished(), "rmi went ahead during the upload");
+    assert_eq!(blob_count(&store), 3, "the image's blobs are all there");
+
+    drop(reading);
+    let removed = remover.join().expect("remover").expect("rmi");
+    assert_eq!(removed.blobs_deleted, 3);
+    assert_eq!(blob_count(&store), 0);
+    assert!(names(&store).is_empty());
 }
