@@ -35,7 +35,7 @@ pub fn write_large_context(dir: &Path, seed: u64) {
             let mut text = String::with_capacity(size + 64);
             while text.len() < size {
                 text.push_str(WORDS[(rng.next() % 12) as usize]);
-                text.push(if rng.next() % 9 == 0 { '\n' } else { ' ' });
+                text.push(if rng.next().is_multiple_of(9) { '\n' } else { ' ' });
             }
             std::fs::write(sub.join(format!("file-{f:02}.txt")), text).expect("text file");
         }
@@ -144,5 +144,10 @@ pub fn bytes_uploaded(text: &str) -> u64 {
         .rev()
         .take_while(char::is_ascii_digit)
         .collect();
-    digits.chars().rev().collect::<String>().parse().expect("a number")
+    digits
+        .chars()
+        .rev()
+        .collect::<String>()
+        .parse()
+        .expect("a number")
 }
