@@ -175,6 +175,10 @@ pub async fn build_image(job: &BuildJob) -> Result<Prepared, BuildError> {
         (false, false) => None,
         _ => Some(job.target.client()?),
     };
+    if let Some(client) = &target_client {
+        let repository = RepositoryRef::parse(&spec.image)?.repository;
+        client.prefetch_push_token(&repository).await;
+    }
     let made = layers::make(job, planned, layer_options, target_client.as_ref()).await?;
     let layers = made.blobs;
     let image_spec = image_spec(spec, job.source_date_epoch);
@@ -261,6 +265,7 @@ pub async fn push_image(
         Some(client) => client.clone(),
         None => job.target.client()?,
     };
+    client.prefetch_push_token(&repository.repository).await;
     let base_client = prepared
         .base_client
         .as_ref()

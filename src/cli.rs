@@ -642,6 +642,7 @@ pub async fn push(
         tags
     };
     let client = client_for(flags, &reference.registry).await?;
+    client.prefetch_push_token(&reference.repository).await;
     let uploads = out.upload_progress(image.size());
     let report = crate::registry::push(
         &client,

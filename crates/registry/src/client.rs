@@ -296,7 +296,7 @@ impl RegistryClient {
         }
     }
 
-    async fn execute(
+    pub(crate) async fn execute(
         &self,
         call: &Call<'_>,
         request: reqwest::RequestBuilder,
@@ -313,7 +313,7 @@ impl RegistryClient {
         result.map_err(|e| self.transport_error(e, call.operation, Some(limit)))
     }
 
-    fn build(
+    pub(crate) fn build(
         &self,
         call: &Call<'_>,
         auth: Auth<'_>,
