@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{FutureExt, StreamExt};
+use tokio::task::JoinHandle;
 
 use super::{BuildError, BuildJob, UPLOAD_QUEUE, UPLOAD_WHILE_BUILDING_FROM, blocking};
 use crate::context::FileTree;
@@ -108,6 +109,8 @@ pub(super) async fn make(
         reused: 0,
         uploaded: 0,
     };
+    // Uploads made while writing, completing in the background; all done before the push.
+    let mut finishing = Vec::new();
     for index in 0..count {
         let key = planned.keys[index].as_ref();
         let (layer, reused) = match found[index].take() {
@@ -123,8 +126,10 @@ pub(super) async fn make(
                 let layer = match known {
                     Some(known) => known.into_layer_blob(),
                     None => {
-                        let (layer, sent) = write(job, &planned, index, &options, upload).await?;
+                        let (layer, sent, finish) =
+                            write(job, &planned, index, &options, upload).await?;
                         layers.uploaded += sent;
+                        finishing.extend(finish);
                         layer
                     }
                 };
@@ -141,6 +146,11 @@ pub(super) async fn make(
         layers.reused += usize::from(reused);
         layers.blobs.push(layer);
     }
+    for task in finishing {
+        task.await
+            .map_err(|e| BuildError::Internal(format!("an upload task failed: {e}")))?;
+    }
+    tracing::debug!(layers = count, reused = layers.reused, image = %job.spec.image, "layers ready");
     Ok(layers)
 }
 
@@ -216,7 +226,8 @@ async fn by_diff(
 }
 
 /// Writes part `index`'s layer, uploading it to the target meanwhile when `client` is given;
-/// returns it with the bytes sent on the way. Should that upload fail, the push uploads the
+/// returns it with the bytes sent on the way and the task that completes that upload (its last
+/// request runs while the next layer is written). Should that upload fail, the push uploads the
 /// finished file as usual (with retries).
 async fn write(
     job: &BuildJob,
@@ -224,7 +235,7 @@ async fn write(
     index: usize,
     options: &LayerOptions,
     client: Option<&RegistryClient>,
-) -> Result<(LayerBlob, u64), BuildError> {
+) -> Result<(LayerBlob, u64, Option<JoinHandle<()>>), BuildError> {
     let (tree, entries, opts) = (
         planned.tree.clone(),
         planned.parts[index].clone(),
@@ -240,7 +251,7 @@ async fn write(
     };
     let Some(client) = client else {
         let layer = blocking(move || build(None)).await?;
-        return Ok((layer, 0));
+        return Ok((layer, 0, None));
     };
     let repository = RepositoryRef::parse(&job.spec.image)?.repository;
     let (copy, segments) = tokio::sync::mpsc::channel(UPLOAD_QUEUE);
@@ -249,20 +260,27 @@ async fn write(
         blocking(move || build(Some(copy))),
         client.upload_segments(&repository, segments, sent.clone()),
     );
-    let finished = match (&layer, upload) {
+    let sent = sent.load(Ordering::Relaxed);
+    let client = client.clone();
+    let finishing = match (&layer, upload) {
         (Ok(layer), Ok(upload)) => {
-            client
-                .finish_streamed(&repository, upload, &layer.descriptor)
-                .await
+            let descriptor = layer.descriptor.clone();
+            tokio::spawn(async move {
+                if let Err(error) = client
+                    .finish_streamed(&repository, upload, &descriptor)
+                    .await
+                {
+                    tracing::debug!(%error, "the upload while building failed; the finished layer goes up from its file");
+                }
+            })
         }
         (Err(_), Ok(upload)) => {
-            client.cancel_streamed(&repository, upload).await;
-            Ok(())
+            tokio::spawn(async move { client.cancel_streamed(&repository, upload).await })
         }
-        (_, Err(error)) => Err(error),
+        (_, Err(error)) => {
+            tracing::debug!(%error, "the upload while building failed; the finished layer goes up from its file");
+            return Ok((layer?, sent, None));
+        }
     };
-    if let Err(error) = finished {
-        tracing::debug!(%error, "the upload while building failed; the finished layer goes up from its file");
-    }
-    Ok((layer?, sent.load(Ordering::Relaxed)))
+    Ok((layer?, sent, Some(finishing)))
 }

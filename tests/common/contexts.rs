@@ -35,7 +35,11 @@ pub fn write_large_context(dir: &Path, seed: u64) {
             let mut text = String::with_capacity(size + 64);
             while text.len() < size {
                 text.push_str(WORDS[(rng.next() % 12) as usize]);
-                text.push(if rng.next().is_multiple_of(9) { '\n' } else { ' ' });
+                text.push(if rng.next().is_multiple_of(9) {
+                    '\n'
+                } else {
+                    ' '
+                });
             }
             std::fs::write(sub.join(format!("file-{f:02}.txt")), text).expect("text file");
         }

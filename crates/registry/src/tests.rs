@@ -1230,3 +1230,67 @@ async fn a_head_digest_that_differs_from_the_bytes_is_not_a_moved_base() {
     let found = check_base(&client, &image, &Platforms::Every, &recorded, None).await;
     assert_eq!(found.expect("check"), BaseState::Unchanged { top: quirk });
 }
+
+/// A registry that takes basic credentials everywhere (as Gitea does) and also hands out tokens
+/// when `tokens`; anonymous requests get a Bearer challenge then.
+fn basic_or_token_registry(tokens: bool) -> impl Fn(&Recorded) -> Reply + Send + Sync {
+    move |r: &Recorded| {
+        if tokens && r.target.starts_with("/v2/token") {
+            return Reply::status(200).body(r#"{"token":"tok-123","expires_in":300}"#);
+        }
+        match r.header("authorization") {
+            Some(auth) if auth == basic_header() || (tokens && auth == "Bearer tok-123") => {
+                Reply::status(404)
+            }
+            _ if tokens => {
+                let host = r.header("host").unwrap_or_default();
+                Reply::status(401).header(
+                    "WWW-Authenticate",
+                    &format!(r#"Bearer realm="http://{host}/v2/token",service="container_registry",scope="*""#),
+                )
+            }
+            _ => Reply::status(401),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_push_token_fetched_ahead_replaces_basic_credentials_on_later_requests() {
+    let server = TestServer::http(basic_or_token_registry(true)).await;
+    let client = client_for(&server, Some(credentials()));
+    client.prefetch_push_token("o/app").await;
+    let digest = crate::oci::Digest::of(b"blob");
+    for _ in 0..3 {
+        assert!(!client.blob_exists("o/app", &digest).await.expect("head"));
+    }
+    let requests = server.recorded();
+    let basic: Vec<_> = requests
+        .iter()
+        .filter(|r| r.header("authorization") == Some(basic_header().as_str()))
+        .map(|r| r.target.clone())
+        .collect();
+    assert_eq!(
+        basic.len(),
+        1,
+        "only the token request carries the password: {basic:?}"
+    );
+    assert!(basic[0].starts_with("/v2/token"), "{basic:?}");
+    let heads = requests.iter().filter(|r| r.target.contains("/blobs/"));
+    assert!(
+        heads.clone().count() == 3
+            && heads
+                .into_iter()
+                .all(|r| r.header("authorization") == Some("Bearer tok-123"))
+    );
+}
+
+#[tokio::test]
+async fn without_a_token_service_requests_keep_basic_credentials() {
+    let server = TestServer::http(basic_or_token_registry(false)).await;
+    let client = client_for(&server, Some(credentials()));
+    client.prefetch_push_token("o/app").await;
+    let digest = crate::oci::Digest::of(b"blob");
+    assert!(!client.blob_exists("o/app", &digest).await.expect("head"));
+    let last = server.recorded().pop().expect("a request");
+    assert_eq!(last.header("authorization"), Some(basic_header().as_str()));
+}
