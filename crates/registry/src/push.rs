@@ -167,7 +167,10 @@ async fn push_one(
     progress: Arc<dyn Progress>,
 ) -> Result<BlobOutcome, RegistryError> {
     let digest = &blob.descriptor.digest;
-    if client.blob_exists(repository, digest).await? {
+    // `Target`: the build found this blob in the repository moments ago; asking again would
+    // double the requests of a push that uploads nothing. Should it vanish in between, the
+    // manifest is refused and the build runs again.
+    if blob.location == BlobLocation::Target || client.blob_exists(repository, digest).await? {
         return Ok(BlobOutcome::Skipped);
     }
     match &blob.location {
